@@ -1,0 +1,1 @@
+"""incrml: incremental retraining over DVC + MLflow."""

@@ -1,0 +1,3 @@
+from incrml.cli import main
+
+main()

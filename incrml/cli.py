@@ -1,0 +1,210 @@
+"""The incrml command line: thin commands over the library; every user mistake is one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from incrml.errors import IncrmlError
+from incrml.pipeline import STAGES
+
+
+class _Group(TyperGroup):
+    """Turns usage errors and IncrmlError into one `Error: ...` line on stderr, never a traceback."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except IncrmlError as exc:
+            _fail(str(exc), exc.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            _fail("interrupted", 130)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"Error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Incremental retraining over DVC + MLflow: ingest a batch, retrain, compare.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+
+BatchArg = Annotated[str, typer.Argument(metavar="N", help="Batch number, 1 for the first batch.", show_default=False)]
+BatchOpt = Annotated[str | None, typer.Option("--batch", metavar="N", help="Set batch_number first.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the data as JSON instead of a table.")]
+# "-1" must reach our batch parser as a value, not be taken for an unknown option.
+_NUMERIC_ARGS = {"ignore_unknown_options": True}
+
+
+def _root() -> Path:
+    from incrml.workspace import find_root
+
+    return find_root()
+
+
+def _progress():
+    """Per-stage progress: on a terminal a live table with a spinner on the running stage;
+    elsewhere (CI logs, pipes) one line per finished stage."""
+    from contextlib import nullcontext
+
+    from rich.live import Live
+    from rich.spinner import Spinner
+    from rich.table import Table
+
+    state: dict[str, Any] = {name: ("pending", None) for name in STAGES}
+    marks = {"ran": "[green]✓ ran[/]", "restored": "[cyan]↺ restored from DVC cache[/]", "unchanged": "[dim]· up to date[/]"}
+
+    def row(name: str) -> tuple:
+        what, seconds = state[name]
+        if what == "pending":
+            return (f"[dim]{name}[/]", "")
+        if what == "running":
+            return (Spinner("dots", text=name), "")
+        return (name, f"{marks[what]} [dim]{seconds:.1f}s[/]")
+
+    def render() -> Table:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(min_width=14)
+        for name in state:
+            table.add_row(*row(name))
+        return table
+
+    live = Live(render(), console=console, refresh_per_second=8) if console.is_terminal else None
+
+    def on_start(stage: str) -> None:
+        state[stage] = ("running", None)
+        if live:
+            live.update(render())
+
+    def on_done(result) -> None:
+        state[result.stage] = (result.outcome, result.seconds)
+        if live:
+            live.update(render())
+        else:
+            console.print(f"{result.stage:<15}{row(result.stage)[1]}")
+
+    return live or nullcontext(), (on_start, on_done)
+
+
+def _reproduce(batch: str | None, target: str | None) -> None:
+    from incrml.config import load_params
+    from incrml.ingest import parse_batch, reproduce_batch
+
+    number = parse_batch(batch) if batch is not None else None
+    root = _root()
+    if number is None:
+        number = load_params(root).batch_number
+    display, progress = _progress()
+    with display:
+        reproduce_batch(root, number, target=target, progress=progress)
+
+
+@app.command("ingest-batch", context_settings=_NUMERIC_ARGS)
+def ingest_batch(batch: BatchArg, as_json: JsonOpt = False) -> None:
+    """Set batch_number to N, reproduce the pipeline through DVC, and compare batches in MLflow."""
+    from incrml.config import load_params
+    from incrml.report import history_data, render_history
+
+    _reproduce(batch, None)
+    root = _root()
+    data = history_data(root, load_params(root))
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        console.print(render_history(data))
+
+
+@app.command(context_settings=_NUMERIC_ARGS)
+def compare(first: BatchArg, second: BatchArg, as_json: JsonOpt = False) -> None:
+    """Two batches side by side from MLflow: metrics, deltas, params that differ, lineage."""
+    from incrml.config import load_params
+    from incrml.ingest import parse_batch
+    from incrml.report import compare_data, render_compare
+
+    a, b = parse_batch(first), parse_batch(second)
+    root = _root()
+    data = compare_data(root, load_params(root), a, b)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    console.print(render_compare(data))
+    for note in data["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Current batch, batches ingested, whether the pipeline is up to date, latest metrics."""
+    from incrml.report import render_status, status_data
+
+    data = status_data(_root())
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        console.print(render_status(data))
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(metavar="DIR", help="A new or empty folder.")]) -> None:
+    """Make a new workspace: dvc.yaml, params.yaml, data/, and DVC initialised."""
+    from incrml.workspace import init_workspace
+
+    root = init_workspace(directory)
+    console.print(f"Workspace ready at {root}. Next: cd {directory} && incrml ingest-batch 1")
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Address to bind; the MLflow UI has no authentication.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+) -> None:
+    """The MLflow UI over this workspace's store."""
+    import ipaddress
+    import subprocess
+
+    from incrml.config import load_params, tracking_uri
+
+    root = _root()
+    uri = tracking_uri(load_params(root), root)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        print(f"Warning: binding {host}: anyone who can reach it can read and change the store", file=sys.stderr)
+    console.print(f"MLflow UI at http://{host}:{port} over {uri} (Ctrl-C stops it)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(cmd, cwd=root))
+
+
+def _stage_command(stage: str) -> None:
+    def command(batch: BatchOpt = None) -> None:
+        _reproduce(batch, stage)
+
+    command.__doc__ = f"Run the {stage} stage through DVC (like `dvc repro -s {stage}`)."
+    app.command(stage.replace("_", "-"), context_settings=_NUMERIC_ARGS)(command)
+
+
+for _stage in STAGES:
+    _stage_command(_stage)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,182 @@
+"""params.yaml, loaded once into typed models: a typo in a key is an error that names it."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from incrml.errors import IncrmlError
+from incrml.files import atomic_write_text
+
+PARAMS_FILE = "params.yaml"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DigitsSource(_Model):
+    """scikit-learn's bundled hand-written digits: 1,797 rows, 64 pixel features, 10 classes."""
+
+    kind: Literal["digits"] = "digits"
+
+
+class FileSource(_Model):
+    """A local CSV or Parquet file inside the workspace's data/source/ folder."""
+
+    kind: Literal["file"]
+    path: str
+
+
+class SyntheticSource(_Model):
+    """A seeded classification stream of any size, with optional drift from a given row on."""
+
+    kind: Literal["synthetic"]
+    rows: int = Field(gt=0)
+    features: int = Field(gt=0)
+    classes: int = Field(default=2, ge=2)
+    drift_start_row: int | None = Field(default=None, ge=0)
+    drift_shift: float = 1.5
+
+
+Source = Annotated[Union[DigitsSource, FileSource, SyntheticSource], Field(discriminator="kind")]
+
+
+class DataParams(_Model):
+    source: Source = DigitsSource()
+    target: str = "target"
+    batch_size: int = Field(default=50, gt=0)
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 42
+
+
+class PreprocessParams(_Model):
+    standardize: bool = True
+
+
+class LogisticRegressionParams(_Model):
+    kind: Literal["logistic_regression"] = "logistic_regression"
+    C: float = Field(default=1.0, gt=0)
+    max_iter: int = Field(default=1000, gt=0)
+
+
+class RandomForestParams(_Model):
+    kind: Literal["random_forest"]
+    n_estimators: int = Field(default=100, gt=0)
+    max_depth: int | None = Field(default=None, gt=0)
+
+
+Estimator = Annotated[
+    Union[LogisticRegressionParams, RandomForestParams], Field(discriminator="kind")
+]
+
+
+class TrainParams(_Model):
+    seed: int = 42
+    estimator: Estimator = LogisticRegressionParams()
+
+
+MetricName = Literal["accuracy", "balanced_accuracy", "f1_macro", "precision_macro", "recall_macro"]
+
+
+class EvaluateParams(_Model):
+    metrics: list[MetricName] = ["accuracy", "f1_macro"]
+
+
+class MlflowParams(_Model):
+    experiment: str = "incrml"
+    registered_model: str = "incrml-model"
+    tracking_uri: str = "sqlite:///mlflow.db"
+
+
+class Params(_Model):
+    batch_number: int = Field(ge=1)
+    data: DataParams = DataParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    mlflow: MlflowParams = MlflowParams()
+
+
+def _yaml(typ: str = "safe"):
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ=typ)
+    if typ == "rt":
+        yaml.preserve_quotes = True
+        yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    # Drop pydantic's union-member names (e.g. "digits") so the path reads as the YAML keys.
+    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{loc}'"
+    if err["type"] == "missing":
+        return f"missing key '{loc}'"
+    return f"'{loc}': {err['msg'].lower()}"
+
+
+_UNION_TAGS = {"digits", "file", "synthetic", "logistic_regression", "random_forest"}
+
+
+def parse_params(text: str, where: str = PARAMS_FILE) -> Params:
+    """Validate the text of a params.yaml; every problem is an IncrmlError naming the key."""
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        raw = _yaml().load(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        raise IncrmlError(f"{where} is not valid YAML{line}") from None
+    if not isinstance(raw, dict):
+        raise IncrmlError(f"{where} must be a mapping of keys to values")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise IncrmlError(f"{where}: {_describe(exc)}") from None
+
+
+def load_params(root: Path) -> Params:
+    path = root / PARAMS_FILE
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise IncrmlError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_params(text, str(path))
+
+
+def write_batch_number(root: Path, batch: int) -> bool:
+    """Set batch_number in params.yaml, keeping comments and key order. Returns True if it changed.
+
+    The new text is validated before it replaces the old one, and the write is atomic.
+    """
+    path = root / PARAMS_FILE
+    yaml = _yaml("rt")
+    doc = yaml.load(path.read_text())
+    if doc.get("batch_number") == batch:
+        return False
+    doc["batch_number"] = batch
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    parse_params(buf.getvalue(), str(path))
+    atomic_write_text(path, buf.getvalue())
+    return True
+
+
+def tracking_uri(params: Params, root: Path) -> str:
+    """MLFLOW_TRACKING_URI wins; a relative sqlite path is resolved against the workspace root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str((root / uri[len(prefix):]).resolve())
+    if "://" not in uri and not uri.startswith("/"):
+        return str((root / uri).resolve())
+    return uri

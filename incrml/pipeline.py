@@ -1,0 +1,167 @@
+"""The one place that talks to DVC: reproduce stages with progress, status, and dvc.lock's hashes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from incrml.errors import IncrmlError
+
+STAGES = ("get_data", "prepare_batch", "merge_data", "preprocess", "train", "evaluate")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    outcome: str  # "ran", "restored" (from DVC's run-cache) or "unchanged"
+    seconds: float
+
+
+def _open(root: Path):
+    from dvc.repo import Repo
+
+    return Repo(os.fspath(root))
+
+
+STAGE_LOG_ENV = "INCRML_STAGE_LOG"
+
+
+def reproduce(
+    root: Path,
+    target: str | None = None,
+    single_item: bool = False,
+    on_start: Callable[[str], None] = lambda stage: None,
+    on_done: Callable[[StageResult], None] = lambda result: None,
+) -> list[StageResult]:
+    """`dvc repro [-s] [target]` through DVC's API, reporting each stage as it starts and ends.
+
+    DVC's own chatter is kept off the terminal, and the stages write theirs to a log under
+    .dvc/tmp, so a failed stage is reported as one line: the last line it wrote.
+    """
+    import time
+
+    from dvc.exceptions import DvcException
+    from dvc.repo.reproduce import _reproduce_stage
+
+    results: list[StageResult] = []
+    log = root / ".dvc/tmp/incrml-stages.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    current: list[str] = []
+
+    def repro_fn(stage, **kwargs):
+        name = stage.addressing
+        current[:] = [name]
+        on_start(name)
+        started = time.perf_counter()
+        ret = _reproduce_stage(stage, **kwargs)
+        outcome = "unchanged" if ret is None else "restored" if name in quiet.restored else "ran"
+        result = StageResult(name, outcome, time.perf_counter() - started)
+        results.append(result)
+        on_done(result)
+        return ret
+
+    with _QuietDvc() as quiet:
+        try:
+            with _open(root) as repo:
+                repo.reproduce(target, single_item=single_item, repro_fn=repro_fn, run_env={STAGE_LOG_ENV: str(log)})
+        except DvcException as exc:
+            said = _last_line(log)
+            if current and said:
+                raise IncrmlError(f"stage {current[0]} failed: {said.removeprefix('Error: ')}") from None
+            raise IncrmlError(_dvc_message(exc)) from None
+    return results
+
+
+def _last_line(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+class _QuietDvc(logging.Handler):
+    """While DVC runs, its INFO output is dropped (warnings still reach stderr), and the stages
+    it checks out from its run-cache instead of running are noted."""
+
+    _LOGGERS = ("dvc", "dvc_objects", "dvc_data")
+    _PROGRESS = ("dvc.progress", "dvc_data.callbacks")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.restored: set[str] = set()
+        self._saved: dict[str, list[logging.Handler]] = {}
+        self._levels: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Stage '%s' is cached") and record.args:
+            self.restored.add(str(record.args[0]))
+
+    def __enter__(self) -> "_QuietDvc":
+        for name in self._LOGGERS:
+            logger = logging.getLogger(name)
+            self._saved[name] = list(logger.handlers)
+            for handler in logger.handlers:
+                if handler.level < logging.WARNING:
+                    logger.removeHandler(handler)
+        logging.getLogger("dvc").addHandler(self)
+        # DVC's progress bars switch themselves off when their logger is quieter than ERROR.
+        for name in self._PROGRESS:
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            logger.setLevel(logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, handlers in self._saved.items():
+            logging.getLogger(name).handlers[:] = handlers
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _dvc_message(exc: BaseException) -> str:
+    """DVC chains the cause of a failed stage; the user wants the first line of each link."""
+    parts = []
+    while exc is not None:
+        text = str(exc).strip().splitlines()
+        if text and text[0] not in parts:
+            parts.append(text[0])
+        exc = exc.__cause__
+    return ": ".join(parts) or "DVC failed"
+
+
+def stale_stages(root: Path) -> dict[str, list[str]]:
+    """`dvc status`: each stage that is not up to date, with what changed."""
+    from dvc.exceptions import DvcException
+
+    try:
+        with _QuietDvc(), _open(root) as repo:
+            status = repo.status()
+    except DvcException as exc:
+        raise IncrmlError(_dvc_message(exc)) from None
+    stale: dict[str, list[str]] = {}
+    for stage, changes in status.items():
+        reasons = []
+        for change in changes:
+            if isinstance(change, dict):
+                for kind, items in change.items():
+                    if isinstance(items, dict):
+                        reasons += [f"{kind}: {path} {state}" for path, state in items.items()]
+                    else:
+                        reasons.append(f"{kind}: {items}")
+            else:
+                reasons.append(str(change))
+        stale[stage.split(":")[-1]] = reasons
+    return stale
+
+
+def lock_hashes(root: Path, stage: str) -> dict[str, str]:
+    """The md5 of each dep and out of `stage` as dvc.lock records them, by path."""
+    from ruamel.yaml import YAML
+
+    lock = root / "dvc.lock"
+    if not lock.exists():
+        return {}
+    entry = (YAML(typ="safe").load(lock.read_text()) or {}).get("stages", {}).get(stage, {})
+    return {item["path"]: item.get("md5", "") for item in [*entry.get("deps", []), *entry.get("outs", [])]}

@@ -1,0 +1,84 @@
+"""evaluate: the model scored on the fixed holdout; metrics for DVC, and the batch's MLflow run.
+
+The run records what the model was trained on as dvc.lock holds it (DVC writes each stage's
+lock entry as soon as the stage finishes), so batch -> data hash -> run -> model version.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from incrml.config import Params
+from incrml.errors import IncrmlError
+from incrml.files import read_json, write_json
+from incrml.pipeline import lock_hashes
+from incrml.stages import stage_main
+from incrml.stages.get_data import file_md5
+from incrml.workspace import Layout
+
+
+def score(model, holdout: pd.DataFrame, features: list[str], target: str, names: list[str]) -> dict[str, float]:
+    from sklearn import metrics as m
+
+    truth, predicted = holdout[target].to_numpy(), model.predict(holdout[features])
+    scorers = {
+        "accuracy": lambda: m.accuracy_score(truth, predicted),
+        "balanced_accuracy": lambda: m.balanced_accuracy_score(truth, predicted),
+        "f1_macro": lambda: m.f1_score(truth, predicted, average="macro", zero_division=0),
+        "precision_macro": lambda: m.precision_score(truth, predicted, average="macro", zero_division=0),
+        "recall_macro": lambda: m.recall_score(truth, predicted, average="macro", zero_division=0),
+    }
+    return {name: round(float(scorers[name]()), 6) for name in names}
+
+
+def training_lineage(layout: Layout) -> dict[str, str]:
+    """The hashes train saw, from dvc.lock, after checking the model file is the one it records."""
+    hashes = lock_hashes(layout.root, "train")
+    model_path = str(layout.model.relative_to(layout.root))
+    if hashes.get(model_path) != file_md5(layout.model):
+        raise IncrmlError("dvc.lock does not describe models/model.pkl; reproduce train first")
+    return hashes
+
+
+def upsert_history(layout: Layout, entry: dict) -> None:
+    """The learning curve: one row per batch, newest evaluation wins (DVC plots reads it)."""
+    rows = read_json(layout.history) if layout.history.exists() else []
+    rows = [r for r in rows if r["batch"] != entry["batch"]] + [entry]
+    write_json(layout.history, sorted(rows, key=lambda r: r["batch"]))
+
+
+def evaluate(layout: Layout, params: Params) -> None:
+    import joblib
+
+    from incrml.tracking import log_batch_run
+
+    spec = read_json(layout.preprocessor)
+    model = joblib.load(layout.model)
+    holdout = pd.read_parquet(layout.holdout)
+    target = params.data.target
+    scores = score(model, holdout, spec["features"], target, params.evaluate.metrics)
+    lineage = training_lineage(layout)
+
+    def write_outputs(record: dict) -> None:
+        write_json(layout.metrics, {**scores, "training_rows": spec["rows"]})
+        write_json(layout.run_record, record)
+        upsert_history(
+            layout,
+            {"batch": params.batch_number, "training_rows": spec["rows"], **scores,
+             "run_id": record["run_id"], "model_version": record["model_version"]},
+        )
+
+    log_batch_run(
+        layout.root,
+        params,
+        metrics=scores,
+        training_rows=spec["rows"],
+        model=model,
+        sample=holdout[spec["features"]].head(5),
+        lineage=lineage,
+        write_outputs=write_outputs,
+    )
+
+
+if __name__ == "__main__":
+    stage_main(evaluate)

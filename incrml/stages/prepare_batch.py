@@ -1,0 +1,80 @@
+"""prepare_batch: rows (N-1)*size+1 .. N*size of the stream, cleaned, into data/processed/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from incrml.config import Params
+from incrml.errors import IncrmlError
+from incrml.files import read_json, write_json
+from incrml.stages import stage_main
+from incrml.stages.get_data import write_parquet
+from incrml.workspace import Layout
+
+
+def batch_count(stream_rows: int, batch_size: int) -> int:
+    """Whole batches in the stream; a short tail is not a batch."""
+    return stream_rows // batch_size
+
+
+def check_batch(batch: int, stream_rows: int, batch_size: int) -> None:
+    available = batch_count(stream_rows, batch_size)
+    if batch > available:
+        raise IncrmlError(
+            f"batch {batch} requested; the stream holds {available} batches of {batch_size}"
+        )
+
+
+def read_batch(stream: Path, batch: int, batch_size: int) -> pd.DataFrame:
+    """Read only the row groups that hold the batch's rows."""
+    import pyarrow.parquet as pq
+
+    start, stop = (batch - 1) * batch_size, batch * batch_size
+    parquet = pq.ParquetFile(stream)
+    groups, first_row, offset = [], None, 0
+    for i in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(i).num_rows
+        if offset < stop and offset + rows > start:
+            groups.append(i)
+            first_row = offset if first_row is None else first_row
+        offset += rows
+    table = parquet.read_row_groups(groups).slice(start - (first_row or 0), stop - start)
+    return table.to_pandas()
+
+
+def clean(frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    """Rows without a label teach nothing; drop them."""
+    return frame[frame[target].notna()].reset_index(drop=True)
+
+
+def feature_stats(frame: pd.DataFrame, features: list[str]) -> dict:
+    """Per-feature count, mean and sum of squared deviations: enough to combine batches exactly."""
+    values = frame[features].to_numpy(dtype=np.float64)
+    count = np.sum(~np.isnan(values), axis=0)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(count > 0, np.nansum(values, axis=0) / np.maximum(count, 1), 0.0)
+        m2 = np.nansum((values - mean) ** 2, axis=0)
+    return {"rows": len(frame), "count": count.tolist(), "mean": mean.tolist(), "m2": m2.tolist()}
+
+
+def prepare(stream: Path, batch: int, batch_size: int, target: str, features: list[str]):
+    """The cleaned rows of one batch and their feature statistics."""
+    frame = clean(read_batch(stream, batch, batch_size), target)
+    return frame, feature_stats(frame, features)
+
+
+def prepare_batch(layout: Layout, params: Params) -> None:
+    schema = read_json(layout.schema)
+    check_batch(params.batch_number, schema["rows"], params.data.batch_size)
+    frame, stats = prepare(
+        layout.stream, params.batch_number, params.data.batch_size, schema["target"], schema["features"]
+    )
+    write_parquet(frame, layout.batch)
+    write_json(layout.batch_stats, {"batch": params.batch_number, **stats})
+
+
+if __name__ == "__main__":
+    stage_main(prepare_batch)
