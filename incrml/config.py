@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -16,7 +17,7 @@ PARAMS_FILE = "params.yaml"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DigitsSource(_Model):
@@ -102,20 +103,13 @@ class Params(_Model):
     mlflow: MlflowParams = MlflowParams()
 
 
-def _yaml(typ: str = "safe"):
-    from ruamel.yaml import YAML
-
-    yaml = YAML(typ=typ)
-    if typ == "rt":
-        yaml.preserve_quotes = True
-        yaml.indent(mapping=2, sequence=4, offset=2)
-    return yaml
-
-
 def _describe(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    # Drop pydantic's union-member names (e.g. "digits") so the path reads as the YAML keys.
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    # Drop pydantic's union-member tags (source.digits.x -> source.x) so the path reads as YAML keys.
+    parts = list(err["loc"])
+    loc = ".".join(
+        str(p) for i, p in enumerate(parts) if not (i > 0 and parts[i - 1] in _UNIONS and p in _UNION_TAGS)
+    )
     if err["type"] == "extra_forbidden":
         return f"unknown key '{loc}'"
     if err["type"] == "missing":
@@ -123,15 +117,17 @@ def _describe(exc: ValidationError) -> str:
     return f"'{loc}': {err['msg'].lower()}"
 
 
+_UNIONS = {"source", "estimator"}
 _UNION_TAGS = {"digits", "file", "synthetic", "logistic_regression", "random_forest"}
 
 
 def parse_params(text: str, where: str = PARAMS_FILE) -> Params:
     """Validate the text of a params.yaml; every problem is an IncrmlError naming the key."""
+    from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
     try:
-        raw = _yaml().load(text)
+        raw = YAML(typ="safe").load(text)
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark else ""
@@ -153,21 +149,23 @@ def load_params(root: Path) -> Params:
     return parse_params(text, str(path))
 
 
+_BATCH_LINE = re.compile(r"^batch_number:[ \t]*[^#\r\n]*?([ \t]*(#[^\r\n]*)?)$", re.MULTILINE)
+
+
 def write_batch_number(root: Path, batch: int) -> bool:
-    """Set batch_number in params.yaml, keeping comments and key order. Returns True if it changed.
+    """Set batch_number in params.yaml, changing nothing but that value. True if it changed.
 
     The new text is validated before it replaces the old one, and the write is atomic.
     """
     path = root / PARAMS_FILE
-    yaml = _yaml("rt")
-    doc = yaml.load(path.read_text())
-    if doc.get("batch_number") == batch:
+    text = path.read_text()
+    if parse_params(text, str(path)).batch_number == batch:
         return False
-    doc["batch_number"] = batch
-    buf = io.StringIO()
-    yaml.dump(doc, buf)
-    parse_params(buf.getvalue(), str(path))
-    atomic_write_text(path, buf.getvalue())
+    new_text, count = _BATCH_LINE.subn(lambda m: f"batch_number: {batch}{m.group(1)}", text, count=1)
+    if count != 1:
+        raise IncrmlError(f"{path}: no top-level 'batch_number:' line to set")
+    parse_params(new_text, str(path))
+    atomic_write_text(path, new_text)
     return True
 
 
@@ -177,6 +175,9 @@ def tracking_uri(params: Params, root: Path) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         return prefix + str((root / uri[len(prefix):]).resolve())
-    if "://" not in uri and not uri.startswith("/"):
+    if not urlparse(uri).scheme and uri not in _NAMED_URIS and not uri.startswith("/"):
         return str((root / uri).resolve())
     return uri
+
+
+_NAMED_URIS = {"databricks", "databricks-uc", "uc"}
