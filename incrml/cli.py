@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -21,15 +20,18 @@ class _Group(TyperGroup):
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        except click.ClickException as exc:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # Typer's (vendored Click's) usage errors
+            if not exc.format_message():  # bare `incrml`: the help was the answer
+                sys.exit(exc.exit_code)
             _fail(exc.format_message(), exc.exit_code)
         except IncrmlError as exc:
             _fail(str(exc), exc.exit_code)
-        except (KeyboardInterrupt, click.exceptions.Abort):
+        except (KeyboardInterrupt, typer.Abort):
             _fail("interrupted", 130)
-        except click.exceptions.Exit as exc:
+        except typer.Exit as exc:
             sys.exit(exc.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 def _fail(message: str, code: int) -> None:

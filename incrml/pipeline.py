@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
+from contextlib import chdir, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +22,13 @@ class StageResult:
     seconds: float
 
 
+@contextmanager
 def _open(root: Path):
+    """The DVC repo at `root`, with the cwd there too: DVC resolves some paths against the cwd."""
     from dvc.repo import Repo
 
-    return Repo(os.fspath(root))
+    with chdir(root), Repo(os.fspath(root)) as repo:
+        yield repo
 
 
 STAGE_LOG_ENV = "INCRML_STAGE_LOG"
@@ -67,13 +72,30 @@ def reproduce(
     with _QuietDvc() as quiet:
         try:
             with _open(root) as repo:
-                repo.reproduce(target, single_item=single_item, repro_fn=repro_fn, run_env={STAGE_LOG_ENV: str(log)})
+                repo.reproduce(target, single_item=single_item, repro_fn=repro_fn, run_env=_stage_env(log))
         except DvcException as exc:
             said = _last_line(log)
             if current and said:
                 raise IncrmlError(f"stage {current[0]} failed: {said.removeprefix('Error: ')}") from None
             raise IncrmlError(_dvc_message(exc)) from None
     return results
+
+
+def _stage_env(log: Path) -> dict[str, str]:
+    """Stages run with this interpreter's `python` first on PATH, as `uv run dvc repro` would."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {STAGE_LOG_ENV: str(log), "PATH": path}
+
+
+def init_repo(root: Path, in_git: bool, subdir: bool) -> None:
+    """`dvc init` (with --no-scm outside git, --subdir inside a larger repository), quietly."""
+    from dvc.repo import Repo
+
+    with _QuietDvc(), chdir(root):
+        repo = Repo.init(os.fspath(root), no_scm=not in_git, subdir=subdir)
+        with repo.config.edit() as config:
+            config["core"]["analytics"] = False
+        repo.close()
 
 
 def _last_line(log: Path) -> str:

@@ -19,16 +19,14 @@ MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "sko
 
 
 def _client(params: Params, root: Path):
+    """A client bound to the workspace's store. No global tracking URI is set here: MLflow
+    exports that to os.environ, and every stage process started later would inherit it."""
     os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")  # requirements are pinned below
-    import mlflow
     from mlflow import MlflowClient
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-    uri = tracking_uri(params, root)
-    mlflow.set_tracking_uri(uri)
-    return mlflow, MlflowClient(uri), uri
+    return MlflowClient(tracking_uri(params, root))
 
 
 def _experiment_id(client, params: Params, root: Path, create: bool) -> str | None:
@@ -68,7 +66,8 @@ def log_batch_run(
 
     If anything fails, the run ends FAILED rather than FINISHED, and never stays RUNNING.
     """
-    mlflow, client, _ = _client(params, root)
+    client = _client(params, root)
+    import mlflow
     import mlflow.sklearn
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -76,6 +75,7 @@ def log_batch_run(
     from mlflow.types import ColSpec, Schema
 
     experiment_id = _experiment_id(client, params, root, create=True)
+    mlflow.set_tracking_uri(client.tracking_uri)  # this is the evaluate stage's own process
     batch = params.batch_number
     data_md5 = lineage["data/merged"]
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"batch-{batch}") as run:
@@ -141,7 +141,7 @@ class BatchRun:
 
 def batch_runs(root: Path, params: Params) -> dict[int, BatchRun]:
     """Every batch with a finished run, newest run per batch, keyed by batch number."""
-    _, client, _ = _client(params, root)
+    client = _client(params, root)
     experiment_id = _experiment_id(client, params, root, create=False)
     if experiment_id is None:
         return {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,8 +91,7 @@ def init_workspace(target: Path) -> Path:
         raise IncrmlError(f"{target} exists and is not a folder")
     if target.exists() and any(target.iterdir()):
         raise IncrmlError(f"{target} is not empty; choose a new or empty folder")
-    from dvc.repo import Repo
-    from dvc.scm import SCMError
+    from incrml.pipeline import init_repo
 
     target.mkdir(parents=True, exist_ok=True)
     try:
@@ -103,10 +101,7 @@ def init_workspace(target: Path) -> Path:
             (target / folder).mkdir(parents=True, exist_ok=True)
         (target / "data/source/.gitkeep").touch()
         in_git = _in_git(target)
-        try:
-            Repo.init(os.fspath(target), no_scm=not in_git, subdir=in_git and not (target / ".git").exists())
-        except SCMError:
-            Repo.init(os.fspath(target), no_scm=True)
+        init_repo(target, in_git=in_git, subdir=in_git and not (target / ".git").exists())
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise

@@ -36,8 +36,9 @@ def load_source(data: DataParams, root: Path) -> pd.DataFrame:
 
 def read_file_source(source: FileSource, root: Path, target: str) -> pd.DataFrame:
     path = (root / source.path).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise IncrmlError(f"data.source.path must be inside the workspace, got {source.path}")
+    # get_data depends on data/source/, so DVC sees a change to the file only there.
+    if not path.is_relative_to((root / "data/source").resolve()):
+        raise IncrmlError(f"data.source.path must be a file under data/source/, got {source.path}")
     if not path.is_file():
         raise IncrmlError(f"data.source.path: no file at {source.path}")
     if path.suffix.lower() == ".parquet":
