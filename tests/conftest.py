@@ -1,0 +1,118 @@
+"""Fixtures: real DVC and a real sqlite MLflow store, in temporary workspaces, never the checkout.
+
+A template workspace is made once per session (`incrml init`, MLflow's tables created, the
+stream fetched) and copied for each test that needs one, as DVC's own suite does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from incrml.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _stable_env(monkeypatch):
+    """Plain, fixed-width output; the venv's python first on PATH for DVC's stage commands."""
+    monkeypatch.setenv("COLUMNS", "160")
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("TERM", "dumb")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_runs():
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run():
+            mlflow.end_run("KILLED")
+
+
+class Cli:
+    """incrml through Typer's CliRunner, from a given folder."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.runner = CliRunner()
+        self.monkeypatch = monkeypatch
+
+    def __call__(self, *args: str, cwd: Path | None = None):
+        if cwd is not None:
+            self.monkeypatch.chdir(cwd)
+        return self.runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def cli(monkeypatch) -> Cli:
+    return Cli(monkeypatch)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def template_workspace(tmp_path_factory) -> Path:
+    from incrml.config import load_params
+    from incrml.pipeline import reproduce
+    from incrml.tracking import _client
+
+    root = tmp_path_factory.mktemp("template") / "ws"
+    result = CliRunner().invoke(app, ["init", str(root)])
+    assert result.exit_code == 0, result.output
+    _client(load_params(root), root).search_experiments()  # creates MLflow's tables once
+    reproduce(root, "get_data", single_item=True)
+    return root
+
+
+@pytest.fixture
+def workspace(template_workspace, tmp_path, monkeypatch) -> Path:
+    root = _copy(template_workspace, tmp_path / "ws")
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ingested_template(template_workspace, tmp_path_factory) -> Path:
+    """Batches 1 and 2 ingested; copied per test, never changed itself."""
+    root = _copy(template_workspace, tmp_path_factory.mktemp("ingested") / "ws")
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        for batch in ("1", "2"):
+            result = CliRunner().invoke(app, ["ingest-batch", batch])
+            assert result.exit_code == 0, result.output
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def ingested(ingested_template, tmp_path, monkeypatch) -> Path:
+    root = _copy(ingested_template, tmp_path / "ws")
+    monkeypatch.chdir(root)
+    return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """The md5 of every file a command must not change when it refuses: params, lock, data, store."""
+    tracked = [root / "params.yaml", root / "dvc.lock", root / "mlflow.db"]
+    for folder in ("data", "models", "metrics", "mlartifacts"):
+        tracked += sorted(p for p in (root / folder).rglob("*") if p.is_file())
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() if p.exists() else "missing"
+        for p in tracked
+    }

@@ -1,0 +1,40 @@
+"""The checkout's own workspace and the template `incrml init` copies cannot drift apart."""
+
+from __future__ import annotations
+
+from conftest import REPO
+from ruamel.yaml import YAML
+
+from incrml.pipeline import STAGES
+from incrml.workspace import TEMPLATE_DIR, Layout
+
+
+def _load(path):
+    return YAML(typ="safe").load(path.read_text())
+
+
+def test_root_dvc_yaml_is_the_template_plus_each_stages_code_files():
+    root, template = _load(REPO / "dvc.yaml"), _load(TEMPLATE_DIR / "dvc.yaml")
+    assert list(root["stages"]) == list(template["stages"]) == list(STAGES)
+    for name, stage in root["stages"].items():
+        code = [d for d in stage["deps"] if str(d).startswith("incrml/")]
+        assert f"incrml/stages/{name}.py" in code, name
+        assert all((REPO / d).is_file() for d in code), name
+        assert {**stage, "deps": [d for d in stage["deps"] if d not in code]} == template["stages"][name]
+    assert root["plots"] == template["plots"]
+
+
+def test_root_params_yaml_is_the_template():
+    assert (REPO / "params.yaml").read_text() == (TEMPLATE_DIR / "params.yaml").read_text()
+
+
+def test_dvc_yaml_declares_the_paths_the_stages_write():
+    stages = _load(TEMPLATE_DIR / "dvc.yaml")["stages"]
+    declared = set()
+    for stage in stages.values():
+        for out in stage.get("outs", []) + stage.get("metrics", []):
+            declared.add(next(iter(out)) if isinstance(out, dict) else out)
+    layout = Layout(REPO)
+    written = {layout.stream, layout.holdout, layout.schema, layout.batch, layout.batch_stats, layout.merged,
+               layout.preprocessor, layout.model, layout.metrics, layout.run_record}
+    assert {str(p.relative_to(REPO)) for p in written} == declared
