@@ -10,6 +10,7 @@ from incrml.config import PARAMS_FILE, Params, load_params, write_batch_number
 from incrml.errors import IncrmlError
 from incrml.files import atomic_write_text, read_json
 from incrml.pipeline import StageResult
+from incrml.worker import warm_worker
 from incrml.workspace import Layout
 
 Progress = tuple[Callable[[str], None], Callable[[StageResult], None]]
@@ -63,14 +64,16 @@ def reproduce_batch(
     params_path = root / PARAMS_FILE
     before = params_path.read_text()
     on_start, on_done = progress or (lambda stage: None, lambda result: None)
-    write_batch_number(root, batch)
-    try:
-        return pipeline.reproduce(root, target, single_item=target is not None, on_start=on_start, on_done=on_done)
-    except (IncrmlError, KeyboardInterrupt):
-        if params_path.read_text() != before:
-            atomic_write_text(params_path, before)
-            try:
-                pipeline.reproduce(root, target, single_item=target is not None)
-            except (IncrmlError, KeyboardInterrupt):
-                pass  # the original error is the one to report; `incrml status` shows what is stale
-        raise
+    single = target is not None
+    with warm_worker() as env:
+        write_batch_number(root, batch)
+        try:
+            return pipeline.reproduce(root, target, single, on_start=on_start, on_done=on_done, env=env)
+        except (IncrmlError, KeyboardInterrupt):
+            if params_path.read_text() != before:
+                atomic_write_text(params_path, before)
+                try:
+                    pipeline.reproduce(root, target, single, env=env)
+                except (IncrmlError, KeyboardInterrupt):
+                    pass  # the original error is the one to report; `incrml status` shows what is stale
+            raise

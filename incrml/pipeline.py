@@ -40,6 +40,7 @@ def reproduce(
     single_item: bool = False,
     on_start: Callable[[str], None] = lambda stage: None,
     on_done: Callable[[StageResult], None] = lambda result: None,
+    env: dict[str, str] | None = None,
 ) -> list[StageResult]:
     """`dvc repro [-s] [target]` through DVC's API, reporting each stage as it starts and ends.
 
@@ -72,7 +73,7 @@ def reproduce(
     with _QuietDvc() as quiet:
         try:
             with _open(root) as repo:
-                repo.reproduce(target, single_item=single_item, repro_fn=repro_fn, run_env=_stage_env(log))
+                repo.reproduce(target, single_item=single_item, repro_fn=repro_fn, run_env={**_stage_env(log), **(env or {})})
         except DvcException as exc:
             said = _last_line(log)
             if current and said:

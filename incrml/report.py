@@ -20,19 +20,24 @@ def _runs(root: Path, params: Params):
 
 
 def history_data(root: Path, params: Params) -> dict:
-    """Every batch with a finished MLflow run: rows, metrics, and change from the batch before."""
-    runs = _runs(root, params)
+    """Every batch with a finished MLflow run: rows, metrics, and change from the batch before.
+
+    Read from metrics/history.json, which evaluate rewrites from MLflow after each run it logs,
+    so the table after an ingest costs no MLflow start-up.
+    """
+    layout = Layout(root)
+    journal = read_json(layout.history) if layout.history.exists() else []
     names = list(params.evaluate.metrics)
     rows, previous = [], None
-    for batch, run in runs.items():
-        row = {"batch": batch, "rows": run.rows, "run_id": run.run_id, "model_version": run.model_version}
+    for entry in journal:
+        row = {k: entry.get(k) for k in ("batch", "training_rows", "run_id", "model_version")}
         for name in names:
-            value = run.metrics.get(name)
-            before = previous.metrics.get(name) if previous else None
+            value = entry.get(name)
+            before = previous.get(name) if previous else None
             row[name] = value
             row[f"{name}_delta"] = None if value is None or before is None else round(value - before, 6)
         rows.append(row)
-        previous = run
+        previous = entry
     return {"metrics": names, "current_batch": params.batch_number, "batches": rows}
 
 
@@ -59,7 +64,7 @@ def render_history(data: dict) -> Table:
     table.add_column("model", justify="right")
     for row in data["batches"]:
         marker = " ◀" if row["batch"] == data["current_batch"] else ""
-        cells: list = [f"{row['batch']}{marker}", _fmt(row["rows"])]
+        cells: list = [f"{row['batch']}{marker}", _fmt(row["training_rows"])]
         for name in data["metrics"]:
             cells += [_fmt(row[name]), _delta(row[f"{name}_delta"])]
         cells.append(f"v{row['model_version']}" if row["model_version"] else "-")

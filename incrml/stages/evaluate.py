@@ -6,7 +6,7 @@ lock entry as soon as the stage finishes), so batch -> data hash -> run -> model
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from incrml.config import Params
 from incrml.errors import IncrmlError
@@ -15,6 +15,9 @@ from incrml.pipeline import lock_hashes
 from incrml.stages import stage_main
 from incrml.stages.get_data import file_md5
 from incrml.workspace import Layout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def score(model, holdout: pd.DataFrame, features: list[str], target: str, names: list[str]) -> dict[str, float]:
@@ -40,17 +43,24 @@ def training_lineage(layout: Layout) -> dict[str, str]:
     return hashes
 
 
-def upsert_history(layout: Layout, entry: dict) -> None:
-    """The learning curve: one row per batch, newest evaluation wins (DVC plots reads it)."""
-    rows = read_json(layout.history) if layout.history.exists() else []
-    rows = [r for r in rows if r["batch"] != entry["batch"]] + [entry]
-    write_json(layout.history, sorted(rows, key=lambda r: r["batch"]))
+def history(earlier: dict, current: dict, metrics: list[str]) -> list[dict]:
+    """The learning curve, one row per batch: MLflow's newest finished run of every other batch,
+    and this one. `dvc plots show` and ingest-batch's table read it."""
+
+    def row(batch, run_id, version, rows, scores):
+        return {"batch": batch, "training_rows": rows, **{m: scores.get(m) for m in metrics},
+                "run_id": run_id, "model_version": version}
+
+    rows = [row(b, r.run_id, r.model_version, r.rows, r.metrics) for b, r in earlier.items() if b != current["batch"]]
+    rows.append(row(current["batch"], current["run_id"], current["model_version"], current["rows"], current["scores"]))
+    return sorted(rows, key=lambda r: r["batch"])
 
 
 def evaluate(layout: Layout, params: Params) -> None:
     import joblib
+    import pandas as pd
 
-    from incrml.tracking import log_batch_run
+    from incrml.tracking import batch_runs, log_batch_run
 
     spec = read_json(layout.preprocessor)
     model = joblib.load(layout.model)
@@ -62,11 +72,8 @@ def evaluate(layout: Layout, params: Params) -> None:
     def write_outputs(record: dict) -> None:
         write_json(layout.metrics, {**scores, "training_rows": spec["rows"]})
         write_json(layout.run_record, record)
-        upsert_history(
-            layout,
-            {"batch": params.batch_number, "training_rows": spec["rows"], **scores,
-             "run_id": record["run_id"], "model_version": record["model_version"]},
-        )
+        current = {**record, "rows": spec["rows"], "scores": scores}
+        write_json(layout.history, history(batch_runs(layout.root, params), current, params.evaluate.metrics))
 
     log_batch_run(
         layout.root,

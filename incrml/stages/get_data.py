@@ -8,15 +8,16 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from incrml.config import DataParams, DigitsSource, FileSource, Params, SyntheticSource
 from incrml.errors import IncrmlError
 from incrml.files import atomic_write, write_json
 from incrml.stages import stage_main
 from incrml.workspace import Layout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Row groups let prepare_batch read one batch without decoding the whole stream.
 ROW_GROUP_ROWS = 5_000
@@ -41,6 +42,8 @@ def read_file_source(source: FileSource, root: Path, target: str) -> pd.DataFram
         raise IncrmlError(f"data.source.path must be a file under data/source/, got {source.path}")
     if not path.is_file():
         raise IncrmlError(f"data.source.path: no file at {source.path}")
+    import pandas as pd
+
     if path.suffix.lower() == ".parquet":
         frame = pd.read_parquet(path)
     elif path.suffix.lower() == ".csv":
@@ -56,6 +59,9 @@ def read_file_source(source: FileSource, root: Path, target: str) -> pd.DataFram
 
 def synthetic_stream(source: SyntheticSource, target: str, seed: int) -> pd.DataFrame:
     """A seeded linear multi-class stream; from drift_start_row on, half the features shift."""
+    import numpy as np
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=(source.features, source.classes))
     x = rng.normal(size=(source.rows, source.features)).astype(np.float32)
@@ -72,6 +78,8 @@ def split_holdout(
     frame: pd.DataFrame, fraction: float, seed: int, shuffle_stream: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(stream, holdout). An ordered source (a file, a drifting stream) keeps its order."""
+    import numpy as np
+
     order = np.random.default_rng(seed).permutation(len(frame))
     n_holdout = math.ceil(len(frame) * fraction)
     holdout_idx = np.sort(order[:n_holdout])

@@ -13,8 +13,7 @@ import hashlib
 import re
 import shutil
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from incrml.config import Params
 from incrml.errors import IncrmlError
@@ -23,6 +22,9 @@ from incrml.stages import prepare_batch as prepare_stage
 from incrml.stages import stage_main
 from incrml.stages.get_data import write_parquet
 from incrml.workspace import Layout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MANIFEST = "_manifest.json"
 _PARTITION = re.compile(r"batch-(\d+)\.(parquet|json)$")
@@ -39,6 +41,8 @@ def partitions(merged: Path) -> list[Path]:
 
 
 def read_merged(merged: Path) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.concat([pd.read_parquet(p) for p in partitions(merged)], ignore_index=True)
 
 

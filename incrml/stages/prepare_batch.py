@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from incrml.config import Params
 from incrml.errors import IncrmlError
@@ -13,6 +11,9 @@ from incrml.files import read_json, write_json
 from incrml.stages import stage_main
 from incrml.stages.get_data import write_parquet
 from incrml.workspace import Layout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def batch_count(stream_rows: int, batch_size: int) -> int:
@@ -52,6 +53,8 @@ def clean(frame: pd.DataFrame, target: str) -> pd.DataFrame:
 
 def feature_stats(frame: pd.DataFrame, features: list[str]) -> dict:
     """Per-feature count, mean and sum of squared deviations: enough to combine batches exactly."""
+    import numpy as np
+
     values = frame[features].to_numpy(dtype=np.float64)
     count = np.sum(~np.isnan(values), axis=0)
     with np.errstate(invalid="ignore"):

@@ -6,8 +6,6 @@ what the number of batches costs, not the number of rows; the holdout is never s
 
 from __future__ import annotations
 
-import numpy as np
-
 from incrml.config import Params
 from incrml.errors import IncrmlError
 from incrml.files import read_json, write_json
@@ -18,6 +16,8 @@ from incrml.workspace import Layout
 
 def combine(stats: list[dict]) -> dict:
     """Chan et al.'s pairwise update: the mean and variance of all rows, from per-batch parts."""
+    import numpy as np
+
     count = np.zeros(len(stats[0]["count"]))
     mean = np.zeros_like(count)
     m2 = np.zeros_like(count)
@@ -41,6 +41,7 @@ def fit_preprocessor(stats: list[dict], features: list[str], standardize: bool) 
 
 def build_preprocessor(spec: dict):
     """The fitted scikit-learn steps the spec describes: centre (and scale), then NaN -> mean."""
+    import numpy as np
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from incrml.config import LogisticRegressionParams, Params, TrainParams
 from incrml.files import atomic_write, read_json
@@ -10,6 +10,9 @@ from incrml.stages import stage_main
 from incrml.stages.merge_data import read_merged
 from incrml.stages.preprocess import build_preprocessor
 from incrml.workspace import Layout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def make_estimator(train: TrainParams):

@@ -1,0 +1,189 @@
+"""A warm stage worker: a fork server that imports the heavy libraries once per ingest.
+
+DVC runs every stage as a new process, and most of such a process's life goes to importing
+scikit-learn, pandas and MLflow. While incrml drives DVC, two zygote processes import them once,
+one what the data stages need and one what train and evaluate need, so that neither waits on
+the other's imports. Each stage command, finding INCRML_WORKER in its environment, asks its
+zygote to fork a child
+that runs the very same stage function in the stage's folder and environment, and exits with
+the child's exit code. DVC still starts, times and checks every stage. `dvc repro` from a shell
+runs each stage in its own process as usual: the same code, the same outputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+
+WORKER_ENV = "INCRML_WORKER"
+DISABLE_ENV = "INCRML_NO_WORKER"
+# What each zygote imports, in the order its stages need them; a stage goes to the zygote
+# that lists its module.
+ZYGOTES = {
+    "data": (
+        "numpy",
+        "pyarrow.parquet",
+        "incrml.stages.prepare_batch",
+        "incrml.stages.merge_data",
+        "incrml.stages.preprocess",
+        "pandas",
+        "incrml.stages.get_data",
+    ),
+    "model": (
+        "numpy",
+        "sklearn.linear_model",
+        "sklearn.pipeline",
+        "sklearn.preprocessing",
+        "pyarrow.parquet",
+        "pandas",
+        "joblib",
+        "incrml.stages.train",
+        "sklearn.metrics",
+        "mlflow",
+        "mlflow.sklearn",
+        "mlflow.models",
+        "mlflow.data.meta_dataset",
+        "mlflow.store.tracking.sqlalchemy_store",
+        "mlflow.store.model_registry.sqlalchemy_store",
+        "alembic.runtime.migration",
+        "alembic.script",
+        "skops.io",
+        "incrml.tracking",
+        "incrml.stages.evaluate",
+        # log_model checks the pinned requirements against an index of every installed package.
+        "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
+    ),
+}
+
+
+@contextmanager
+def warm_worker() -> Iterator[dict[str, str]]:
+    """Run the zygotes for the duration of the block; yields the environment that points stages
+    at them (a folder holding one socket per zygote)."""
+    if not hasattr(os, "fork") or os.environ.get(DISABLE_ENV):
+        yield {}
+        return
+    folder = tempfile.mkdtemp(prefix="incrml-")
+    pids = []
+    try:
+        for name, preload in ZYGOTES.items():
+            pids.append(_start_zygote(os.path.join(folder, name), preload))
+        yield {WORKER_ENV: folder}
+    finally:
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            with suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_zygote(address: str, preload: tuple[str, ...]) -> int:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(address)
+    server.listen(4)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the zygote
+        code = 0
+        try:
+            _zygote(server, parent, preload)
+        except BaseException:  # noqa: BLE001 - nothing may escape into the CLI's code path
+            code = 1
+        finally:
+            os._exit(code)
+    server.close()
+    return pid
+
+
+def _zygote(server: socket.socket, parent: int, preload: tuple[str, ...]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the stage; the CLI stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.nice(10)  # a head start must not slow down DVC's own work in the CLI
+    pending = list(preload)
+    while os.getppid() == parent:
+        ready, _, _ = select.select([server], [], [], 0 if pending else 1.0)
+        if ready:
+            connection, _ = server.accept()
+            with connection:
+                _serve(connection, server)
+        elif pending:
+            module, _, warm_up = pending.pop(0).partition(":")
+            with suppress(Exception):  # a preload is only ever a head start
+                loaded = importlib.import_module(module)
+                if warm_up:
+                    getattr(loaded, warm_up)()
+
+
+def _serve(connection: socket.socket, server: socket.socket) -> None:
+    stream = connection.makefile("rw")
+    request = json.loads(stream.readline())
+    child = os.fork()
+    if child == 0:
+        server.close()
+        with suppress(OSError):  # the stage itself runs at the CLI's priority, where allowed
+            os.setpriority(os.PRIO_PROCESS, 0, request["priority"])
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        module = importlib.import_module(request["module"])
+        from incrml.stages import run_body
+
+        os._exit(run_body(getattr(module, request["function"])))
+    stream.write(json.dumps({"pid": child}) + "\n")
+    stream.flush()
+    _, status = os.waitpid(child, 0)
+    stream.write(json.dumps({"exit": os.waitstatus_to_exitcode(status)}) + "\n")
+    stream.flush()
+
+
+def delegate(folder: str, body: Callable) -> int | None:
+    """Run `body` in a child of the zygote; its exit code, or None if no worker answered.
+
+    SIGINT and SIGTERM sent to this process are passed on to the child, so Ctrl-C and a kill
+    stop the stage itself, as they would a stage that ran here.
+    """
+    module = sys.modules[body.__module__].__spec__.name
+    zygote = next((name for name, preload in ZYGOTES.items() if module in preload), "model")
+    env = {k: v for k, v in os.environ.items() if k != WORKER_ENV}
+    try:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(os.path.join(folder, zygote))
+    except OSError:
+        return None
+    with connection, connection.makefile("rw") as stream:
+        request = {
+            "module": module,
+            "function": body.__name__,
+            "cwd": os.getcwd(),
+            "env": env,
+            "priority": os.getpriority(os.PRIO_PROCESS, 0),
+        }
+        stream.write(json.dumps(request) + "\n")
+        stream.flush()
+        started = stream.readline()
+        if not started:
+            return None
+        child = json.loads(started)["pid"]
+
+        def forward(signum, frame):
+            with suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+        signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGTERM, forward)
+        finished = stream.readline()
+    if not finished:
+        return 1
+    code = json.loads(finished)["exit"]
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
