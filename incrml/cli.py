@@ -27,6 +27,9 @@ class _Group(TyperGroup):
             _fail(exc.format_message(), exc.exit_code)
         except IncrmlError as exc:
             _fail(str(exc), exc.exit_code)
+        except OSError as exc:  # a read-only workspace, a full disk, a file that vanished
+            where = f": {exc.filename}" if exc.filename else ""
+            _fail(f"{exc.strerror or exc}{where}", 74)  # EX_IOERR
         except (KeyboardInterrupt, typer.Abort):
             _fail("interrupted", 130)
         except typer.Exit as exc:
@@ -51,6 +54,9 @@ console = Console(highlight=False)
 BatchArg = Annotated[str, typer.Argument(metavar="N", help="Batch number, 1 for the first batch.", show_default=False)]
 BatchOpt = Annotated[str | None, typer.Option("--batch", metavar="N", help="Set batch_number first.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the data as JSON instead of a table.")]
+WaitOpt = Annotated[
+    float, typer.Option("--wait", metavar="SECONDS", help="How long to wait for another incrml command in this workspace.")
+]
 # "-1" must reach our batch parser as a value, not be taken for an unknown option.
 _NUMERIC_ARGS = {"ignore_unknown_options": True}
 
@@ -105,7 +111,7 @@ def _progress():
     return live or nullcontext(), (on_start, on_done)
 
 
-def _reproduce(batch: str | None, target: str | None) -> None:
+def _reproduce(batch: str | None, target: str | None, wait: float, command: str) -> None:
     from incrml.config import load_params
     from incrml.ingest import parse_batch, reproduce_batch
 
@@ -115,16 +121,39 @@ def _reproduce(batch: str | None, target: str | None) -> None:
         number = load_params(root).batch_number
     display, progress = _progress()
     with display:
-        reproduce_batch(root, number, target=target, progress=progress)
+        reproduce_batch(root, number, target=target, progress=progress, wait=wait, command=command)
 
 
 @app.command("ingest-batch", context_settings=_NUMERIC_ARGS)
-def ingest_batch(batch: BatchArg, as_json: JsonOpt = False) -> None:
-    """Set batch_number to N, reproduce the pipeline through DVC, and compare batches in MLflow."""
+def ingest_batch(
+    batch: Annotated[str | None, typer.Argument(metavar="N", help="Batch number, 1 for the first batch.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", metavar="PATH", help="Take this CSV or Parquet file as the next batch.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --file: accept content already accepted.")] = False,
+    as_json: JsonOpt = False,
+    wait: WaitOpt = 5.0,
+) -> None:
+    """Set batch_number to N (or take --file PATH as the next batch), reproduce the pipeline
+    through DVC, and compare batches in MLflow."""
     from incrml.config import load_params
     from incrml.report import history_data, render_history
 
-    _reproduce(batch, None)
+    if file is not None and batch is not None:
+        raise IncrmlError("give a batch number or --file PATH, not both: a file becomes the next batch")
+    if file is None and (batch is None or force):
+        raise IncrmlError("--force goes with --file PATH" if force else "Missing argument 'N' (or --file PATH)")
+    if file is None:
+        _reproduce(batch, None, wait, f"ingest-batch {batch}")
+    else:
+        from incrml.batch_files import ingest_file
+
+        root, (display, progress) = _root(), _progress()
+        with display:
+            accepted = ingest_file(root, file, force=force, progress=progress, wait=wait)
+        if not as_json:
+            stored = accepted.path.relative_to(root)
+            console.print(f"Accepted {file} as batch {accepted.batch} ({accepted.rows} rows): {stored}")
     root = _root()
     data = history_data(root, load_params(root))
     if as_json:
@@ -164,12 +193,18 @@ def status(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def init(directory: Annotated[Path, typer.Argument(metavar="DIR", help="A new or empty folder.")]) -> None:
+def init(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="A new or empty folder.")],
+    from_files: Annotated[
+        bool, typer.Option("--from-files", help="Batches are files you add with `ingest-batch --file PATH`.")
+    ] = False,
+) -> None:
     """Make a new workspace: dvc.yaml, params.yaml, data/, and DVC initialised."""
     from incrml.workspace import init_workspace
 
-    root = init_workspace(directory)
-    console.print(f"Workspace ready at {root}. Next: cd {directory} && incrml ingest-batch 1")
+    root = init_workspace(directory, from_files=from_files)
+    first = "ingest-batch --file PATH" if from_files else "ingest-batch 1"
+    console.print(f"Workspace ready at {root}. Next: cd {directory} && incrml {first}")
 
 
 @app.command()
@@ -197,8 +232,8 @@ def ui(
 
 
 def _stage_command(stage: str) -> None:
-    def command(batch: BatchOpt = None) -> None:
-        _reproduce(batch, stage)
+    def command(batch: BatchOpt = None, wait: WaitOpt = 5.0) -> None:
+        _reproduce(batch, stage, wait, stage.replace("_", "-"))
 
     command.__doc__ = f"Run the {stage} stage through DVC (like `dvc repro -s {stage}`)."
     app.command(stage.replace("_", "-"), context_settings=_NUMERIC_ARGS)(command)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from incrml.errors import IncrmlError
 from incrml.files import atomic_write_text
@@ -33,6 +33,12 @@ class FileSource(_Model):
     path: str
 
 
+class FilesSource(_Model):
+    """Batch files accepted by `incrml ingest-batch --file`: batch N is data/source/batches/batch-N.parquet."""
+
+    kind: Literal["files"]
+
+
 class SyntheticSource(_Model):
     """A seeded classification stream of any size, with optional drift from a given row on."""
 
@@ -44,7 +50,7 @@ class SyntheticSource(_Model):
     drift_shift: float = 1.5
 
 
-Source = Annotated[Union[DigitsSource, FileSource, SyntheticSource], Field(discriminator="kind")]
+Source = Annotated[Union[DigitsSource, FileSource, FilesSource, SyntheticSource], Field(discriminator="kind")]
 
 
 class DataParams(_Model):
@@ -71,14 +77,30 @@ class RandomForestParams(_Model):
     max_depth: int | None = Field(default=None, gt=0)
 
 
+class SGDParams(_Model):
+    """A linear model trained by stochastic gradient descent: it can learn batch by batch."""
+
+    kind: Literal["sgd"]
+    loss: Literal["log_loss", "hinge", "modified_huber"] = "log_loss"
+    alpha: float = Field(default=1e-4, gt=0)
+
+
 Estimator = Annotated[
-    Union[LogisticRegressionParams, RandomForestParams], Field(discriminator="kind")
+    Union[LogisticRegressionParams, RandomForestParams, SGDParams], Field(discriminator="kind")
 ]
 
 
 class TrainParams(_Model):
     seed: int = 42
+    # full: fit on batches 1..N; incremental: the previous batch's model learns batch N (sgd only)
+    strategy: Literal["full", "incremental"] = "full"
     estimator: Estimator = LogisticRegressionParams()
+
+    @model_validator(mode="after")
+    def _incremental_needs_partial_fit(self) -> "TrainParams":
+        if self.strategy == "incremental" and not isinstance(self.estimator, SGDParams):
+            raise ValueError("strategy 'incremental' needs estimator kind 'sgd', which learns batch by batch")
+        return self
 
 
 MetricName = Literal["accuracy", "balanced_accuracy", "f1_macro", "precision_macro", "recall_macro"]
@@ -92,6 +114,8 @@ class MlflowParams(_Model):
     experiment: str = "incrml"
     registered_model: str = "incrml-model"
     tracking_uri: str = "sqlite:///mlflow.db"
+    # How long a remote tracking server may take to answer before incrml gives up on it.
+    timeout_seconds: float = Field(default=30, gt=0)
 
 
 class Params(_Model):
@@ -118,7 +142,7 @@ def _describe(exc: ValidationError) -> str:
 
 
 _UNIONS = {"source", "estimator"}
-_UNION_TAGS = {"digits", "file", "synthetic", "logistic_regression", "random_forest"}
+_UNION_TAGS = {"digits", "file", "files", "synthetic", "logistic_regression", "random_forest", "sgd"}
 
 
 def parse_params(text: str, where: str = PARAMS_FILE) -> Params:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 from incrml import pipeline
 from incrml.config import PARAMS_FILE, Params, load_params, write_batch_number
-from incrml.errors import IncrmlError
-from incrml.files import atomic_write_text, read_json
+from incrml.errors import IncrmlError, Interrupted
+from incrml.lock import workspace_lock
+from incrml.files import read_json
 from incrml.pipeline import StageResult
+from incrml.tracking import check_reachable
 from incrml.worker import warm_worker
 from incrml.workspace import Layout
 
@@ -41,8 +47,13 @@ def stream_rows(layout: Layout, params: Params) -> int:
 
 
 def check_available(layout: Layout, params: Params, batch: int) -> None:
+    from incrml.config import FilesSource
     from incrml.stages.prepare_batch import check_batch
 
+    if isinstance(params.data.source, FilesSource):  # batch N is the Nth accepted file
+        from incrml.batch_files import check_accepted
+
+        return check_accepted(layout, batch)
     check_batch(batch, stream_rows(layout, params), params.data.batch_size)
 
 
@@ -51,29 +62,110 @@ def reproduce_batch(
     batch: int,
     target: str | None = None,
     progress: Progress | None = None,
+    wait: float = 5.0,
+    command: str = "ingest-batch",
 ) -> list[StageResult]:
     """Set batch_number to `batch` and reproduce (the whole graph, or one stage like `dvc repro -s`).
 
-    A batch beyond the stream is refused before anything changes. If reproduction fails, the
-    old params.yaml is put back and the pipeline reproduced for it again (from DVC's cache), so
-    params.yaml and dvc.lock agree and the next ingest starts clean.
+    The workspace is locked for the whole command. A batch beyond the stream, or an unreachable
+    tracking server, is refused before anything changes. If reproduction fails or is stopped by
+    SIGINT or SIGTERM, the old params.yaml is put back and the pipeline reproduced for it again
+    (from DVC's cache), so params.yaml and dvc.lock agree and the next ingest starts clean.
     """
-    layout = Layout(root)
-    params = load_params(root)
-    check_available(layout, params, batch)
-    params_path = root / PARAMS_FILE
-    before = params_path.read_text()
-    on_start, on_done = progress or (lambda stage: None, lambda result: None)
-    single = target is not None
-    with warm_worker() as env:
-        write_batch_number(root, batch)
-        try:
-            return pipeline.reproduce(root, target, single, on_start=on_start, on_done=on_done, env=env)
-        except (IncrmlError, KeyboardInterrupt):
-            if params_path.read_text() != before:
-                atomic_write_text(params_path, before)
-                try:
-                    pipeline.reproduce(root, target, single, env=env)
-                except (IncrmlError, KeyboardInterrupt):
-                    pass  # the original error is the one to report; `incrml status` shows what is stale
-            raise
+    with workspace_lock(root, command, wait):
+        layout = Layout(root)
+        params = load_params(root)
+        repair(layout, params)
+        check_available(layout, params, batch)
+        check_reachable(params, root)
+        params_path = root / PARAMS_FILE
+        # Put back by a rename, which needs no free space: a full disk cannot strand the new batch.
+        shutil.copyfile(params_path, layout.params_backup)
+        on_start, on_done = progress or (lambda stage: None, lambda result: None)
+        single = target is not None
+        with warm_worker() as env, StopSignals() as stop:
+            write_batch_number(root, batch)
+            try:
+                return pipeline.reproduce(
+                    root, target, single, on_start=on_start, on_done=on_done, env=env, stop=stop.check
+                )
+            except IncrmlError as exc:
+                if params_path.read_bytes() != layout.params_backup.read_bytes():
+                    os.replace(layout.params_backup, params_path)
+                    stop.reset()
+                    try:
+                        pipeline.reproduce(root, target, single, env=env, stop=stop.check)
+                    except IncrmlError:
+                        pass  # the original error is the one to report; `incrml status` shows what is stale
+                if stop.signum and not isinstance(exc, Interrupted):
+                    raise Interrupted(stop.signum) from None
+                raise
+            finally:
+                layout.params_backup.unlink(missing_ok=True)
+
+
+class StopSignals:
+    """While DVC runs stages, SIGINT and SIGTERM stop the running stage and no new one starts.
+
+    DVC ignores SIGINT in its own process while a stage runs (the terminal sends it to the
+    stage too); SIGTERM reaches only this process, so it is passed on to every process below
+    this one. The stage then fails, DVC reports it, and reproduce_batch puts things back.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._interrupts = 0
+
+    def __enter__(self) -> "StopSignals":
+        self._saved = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        self._interrupts += 1
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            with suppress(psutil.Error):
+                child.send_signal(signal.SIGTERM)
+
+    def check(self) -> None:
+        """Raise before a stage starts if a stop was asked for."""
+        if self._interrupts:
+            raise Interrupted(self.signum)
+
+    def reset(self) -> None:
+        """Let the put-back run; a second signal during it stops that too."""
+        self._interrupts = 0
+
+
+def repair(layout: Layout, params: Params) -> None:
+    """Put right what a killed command left: temporary files, and an MLflow run left RUNNING."""
+    leftovers = [*layout.root.glob(".*.tmp-*")]
+    for folder in ("data", "models", "metrics"):
+        leftovers += (layout.root / folder).rglob(".*.tmp-*")
+    for leftover in leftovers:
+        owner = leftover.name.rsplit("-", 1)[-1]
+        if owner.isdigit() and not _alive(int(owner)):
+            leftover.unlink(missing_ok=True)
+    if layout.run_marker.exists():
+        marker = read_json(layout.run_marker)
+        if not _alive(marker["pid"]):
+            from incrml.tracking import end_abandoned_run
+
+            end_abandoned_run(params, layout.root, marker["run_id"])
+            layout.run_marker.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,16 +1,17 @@
-"""The one place that talks to DVC: reproduce stages with progress, status, and dvc.lock's hashes."""
+"""The one place that talks to DVC: reproduce stages with progress, status, dvc.lock's hashes, `dvc add`."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
-from contextlib import chdir, contextmanager
+from contextlib import chdir, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from incrml.errors import IncrmlError
+from incrml.errors import BusyError, IncrmlError, Interrupted
 
 STAGES = ("get_data", "prepare_batch", "merge_data", "preprocess", "train", "evaluate")
 
@@ -41,6 +42,7 @@ def reproduce(
     on_start: Callable[[str], None] = lambda stage: None,
     on_done: Callable[[StageResult], None] = lambda result: None,
     env: dict[str, str] | None = None,
+    stop: Callable[[], None] = lambda: None,
 ) -> list[StageResult]:
     """`dvc repro [-s] [target]` through DVC's API, reporting each stage as it starts and ends.
 
@@ -59,6 +61,10 @@ def reproduce(
     current: list[str] = []
 
     def repro_fn(stage, **kwargs):
+        stop()  # a stop asked for between stages starts no new one
+        if stage.is_data_source:  # a batch file `dvc add` tracks: DVC checks it, nothing runs
+            current.clear()
+            return _reproduce_stage(stage, **kwargs)
         name = stage.addressing
         current[:] = [name]
         on_start(name)
@@ -70,11 +76,16 @@ def reproduce(
         on_done(result)
         return ret
 
-    with _QuietDvc() as quiet:
+    with _QuietDvc(log) as quiet:
         try:
             with _open(root) as repo:
                 repo.reproduce(target, single_item=single_item, repro_fn=repro_fn, run_env={**_stage_env(log), **(env or {})})
         except DvcException as exc:
+            stop()
+            _raise_if_locked(exc)
+            status = _stage_exit_status(exc)
+            if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+                raise Interrupted(status - 128) from None
             said = _last_line(log)
             if current and said:
                 raise IncrmlError(f"stage {current[0]} failed: {said.removeprefix('Error: ')}") from None
@@ -99,20 +110,34 @@ def init_repo(root: Path, in_git: bool, subdir: bool) -> None:
         repo.close()
 
 
+def track(root: Path, path: Path) -> None:
+    """`dvc add PATH`, quietly: the file becomes a versioned input, its content in DVC's cache."""
+    from dvc.exceptions import DvcException
+
+    try:
+        with _QuietDvc(), _open(root) as repo:
+            repo.add(os.fspath(path.relative_to(root)))
+    except DvcException as exc:
+        _raise_if_locked(exc)
+        raise IncrmlError(_dvc_message(exc)) from None
+
+
 def _last_line(log: Path) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
 class _QuietDvc(logging.Handler):
-    """While DVC runs, its INFO output is dropped (warnings still reach stderr), and the stages
-    it checks out from its run-cache instead of running are noted."""
+    """While DVC runs, nothing of its own reaches the terminal: its warnings and errors go to
+    `log` (the stage log) if given, the rest is dropped; the stages it checks out from its
+    run-cache instead of running are noted. incrml reports what went wrong as one line."""
 
     _LOGGERS = ("dvc", "dvc_objects", "dvc_data")
     _PROGRESS = ("dvc.progress", "dvc_data.callbacks")
 
-    def __init__(self) -> None:
+    def __init__(self, log: Path | None = None) -> None:
         super().__init__(logging.INFO)
+        self.log = log
         self.restored: set[str] = set()
         self._saved: dict[str, list[logging.Handler]] = {}
         self._levels: dict[str, int] = {}
@@ -120,15 +145,15 @@ class _QuietDvc(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if str(record.msg).startswith("Stage '%s' is cached") and record.args:
             self.restored.add(str(record.args[0]))
+        if record.levelno >= logging.WARNING and self.log is not None:
+            with suppress(OSError), open(self.log, "a") as handle:
+                handle.write(f"dvc {record.levelname.lower()}: {record.getMessage()}\n")
 
     def __enter__(self) -> "_QuietDvc":
         for name in self._LOGGERS:
             logger = logging.getLogger(name)
             self._saved[name] = list(logger.handlers)
-            for handler in logger.handlers:
-                if handler.level < logging.WARNING:
-                    logger.removeHandler(handler)
-        logging.getLogger("dvc").addHandler(self)
+            logger.handlers[:] = [self]
         # DVC's progress bars switch themselves off when their logger is quieter than ERROR.
         for name in self._PROGRESS:
             logger = logging.getLogger(name)
@@ -141,6 +166,25 @@ class _QuietDvc(logging.Handler):
             logging.getLogger(name).handlers[:] = handlers
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+def _stage_exit_status(exc: BaseException | None) -> int | None:
+    """The exit status of the stage command that failed, from DVC's chained error."""
+    import re
+
+    while exc is not None:
+        match = re.search(r"exited with (-?\d+)", str(exc))
+        if match:
+            return int(match.group(1))
+        exc = exc.__cause__
+    return None
+
+
+def _raise_if_locked(exc: Exception) -> None:
+    from dvc.lock import LockError
+
+    if isinstance(exc, LockError):
+        raise BusyError(f"workspace busy: DVC's lock is held by another process ({exc})") from None
 
 
 def _dvc_message(exc: BaseException) -> str:
@@ -162,6 +206,7 @@ def stale_stages(root: Path) -> dict[str, list[str]]:
         with _QuietDvc(), _open(root) as repo:
             status = repo.status()
     except DvcException as exc:
+        _raise_if_locked(exc)
         raise IncrmlError(_dvc_message(exc)) from None
     stale: dict[str, list[str]] = {}
     for stage, changes in status.items():

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 from incrml.config import Params, tracking_uri
-from incrml.errors import IncrmlError
+from incrml.errors import IncrmlError, UnavailableError
+from incrml.files import write_json
+from incrml.workspace import Layout
 
 BATCH_TAG = "incrml.batch"
 DATA_TAG = "incrml.data_md5"
@@ -22,11 +26,61 @@ def _client(params: Params, root: Path):
     """A client bound to the workspace's store. No global tracking URI is set here: MLflow
     exports that to os.environ, and every stage process started later would inherit it."""
     os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")  # requirements are pinned below
+    # MLflow retries an unreachable server for minutes by default; bound it by the params.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(params.mlflow.timeout_seconds)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     from mlflow import MlflowClient
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri(params, root))
+
+
+@contextmanager
+def _store(params: Params, root: Path) -> Iterator:
+    """A client for the workspace's store; MLflow's failures to open or reach it become one line
+    that says what to do."""
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(params, root)
+    try:
+        yield _client(params, root)
+    except MlflowException as exc:
+        text = str(exc)
+        if "out-of-date database schema" in text:
+            raise IncrmlError(
+                f"the MLflow store at {uri} was made by an older MLflow; back it up, then run "
+                f"`mlflow db upgrade {uri}`"
+            ) from None
+        if "Max retries exceeded" in text or "Connection" in text or "timed out" in text:
+            raise UnavailableError(f"MLflow tracking server at {uri} did not answer") from None
+        raise IncrmlError(f"MLflow store at {uri}: {text.splitlines()[0]}") from None
+
+
+def check_reachable(params: Params, root: Path) -> None:
+    """For a remote store, a quick health check before any stage runs; local stores pass."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(params, root)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=params.mlflow.timeout_seconds):
+            return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UnavailableError(
+            f"MLflow tracking server at {uri} is unreachable ({reason}); start it, or point "
+            "MLFLOW_TRACKING_URI or mlflow.tracking_uri at a store that is up"
+        ) from None
+
+
+def end_abandoned_run(params: Params, root: Path, run_id: str) -> None:
+    """End as KILLED a run whose evaluate process died (SIGKILL, power loss) while logging it."""
+    with _store(params, root) as client:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
 
 
 def _experiment_id(client, params: Params, root: Path, create: bool) -> str | None:
@@ -64,9 +118,39 @@ def log_batch_run(
 ) -> dict:
     """Log one batch's run and register its model; `write_outputs(record)` runs inside the run.
 
-    If anything fails, the run ends FAILED rather than FINISHED, and never stays RUNNING.
+    A failure ends the run FAILED, Ctrl-C or SIGTERM ends it KILLED, and while it runs a marker
+    names it and its process, so one killed outright is ended by the next command (ingest.repair).
     """
-    client = _client(params, root)
+    import mlflow
+
+    marker = Layout(root).run_marker
+    name = f"batch-{params.batch_number}"
+    with _store(params, root) as client:
+        experiment_id = _experiment_id(client, params, root, create=True)
+        mlflow.set_tracking_uri(client.tracking_uri)  # this is the evaluate stage's own process
+        with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+            write_json(marker, {"run_id": run.info.run_id, "pid": os.getpid()})
+            try:
+                version = _log_run(client, params, root, metrics, training_rows, model, sample, lineage)
+                record = {
+                    "batch": params.batch_number,
+                    "run_id": run.info.run_id,
+                    "experiment": params.mlflow.experiment,
+                    "registered_model": params.mlflow.registered_model,
+                    "model_version": version,
+                    "data": lineage,
+                }
+                write_outputs(record)
+            except KeyboardInterrupt:  # stopped, not broken
+                mlflow.end_run("KILLED")
+                raise
+            finally:
+                marker.unlink(missing_ok=True)
+    return record
+
+
+def _log_run(client, params: Params, root: Path, metrics, training_rows: int, model, sample, lineage) -> str:
+    """Params, metrics, lineage tags, the dataset and the registered model; the model version."""
     import mlflow
     import mlflow.sklearn
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -74,45 +158,33 @@ def log_batch_run(
     from mlflow.models import infer_signature
     from mlflow.types import ColSpec, Schema
 
-    experiment_id = _experiment_id(client, params, root, create=True)
-    mlflow.set_tracking_uri(client.tracking_uri)  # this is the evaluate stage's own process
     batch = params.batch_number
     data_md5 = lineage["data/merged"]
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"batch-{batch}") as run:
-        mlflow.set_tags({BATCH_TAG: str(batch), DATA_TAG: data_md5, **{f"dvc.{k}": v for k, v in lineage.items()}})
-        mlflow.log_params(flatten("", params.model_dump(mode="json")))
-        mlflow.log_metrics({**metrics, "training_rows": training_rows})
-        dataset = MetaDataset(
-            source=resolve_dataset_source(str(root / "data/merged")),
-            name=f"merged-batches-1-{batch}",
-            digest=data_md5.removesuffix(".dir")[:36],
-            schema=Schema([ColSpec("double", c) for c in sample.columns]),
-        )
-        mlflow.log_input(dataset, context="training")
-        info = mlflow.sklearn.log_model(
-            sk_model=model,
-            name="model",
-            signature=infer_signature(sample, model.predict(sample)),
-            pip_requirements=[f"{p}=={metadata.version(p)}" for p in MODEL_REQUIREMENTS],
-            serialization_format="skops",
-            skops_trusted_types=TRUSTED_TYPES,
-            registered_model_name=params.mlflow.registered_model,
-            await_registration_for=0,
-        )
-        version = str(info.registered_model_version)
-        mlflow.set_tag(MODEL_VERSION_TAG, version)
-        client.set_model_version_tag(params.mlflow.registered_model, version, BATCH_TAG, str(batch))
-        client.set_model_version_tag(params.mlflow.registered_model, version, DATA_TAG, data_md5)
-        record = {
-            "batch": batch,
-            "run_id": run.info.run_id,
-            "experiment": params.mlflow.experiment,
-            "registered_model": params.mlflow.registered_model,
-            "model_version": version,
-            "data": lineage,
-        }
-        write_outputs(record)
-    return record
+    mlflow.set_tags({BATCH_TAG: str(batch), DATA_TAG: data_md5, **{f"dvc.{k}": v for k, v in lineage.items()}})
+    mlflow.log_params(flatten("", params.model_dump(mode="json")))
+    mlflow.log_metrics({**metrics, "training_rows": training_rows})
+    dataset = MetaDataset(
+        source=resolve_dataset_source(str(root / "data/merged")),
+        name=f"merged-batches-1-{batch}",
+        digest=data_md5.removesuffix(".dir")[:36],
+        schema=Schema([ColSpec("double", c) for c in sample.columns]),
+    )
+    mlflow.log_input(dataset, context="training")
+    info = mlflow.sklearn.log_model(
+        sk_model=model,
+        name="model",
+        signature=infer_signature(sample, model.predict(sample)),
+        pip_requirements=[f"{p}=={metadata.version(p)}" for p in MODEL_REQUIREMENTS],
+        serialization_format="skops",
+        skops_trusted_types=TRUSTED_TYPES,
+        registered_model_name=params.mlflow.registered_model,
+        await_registration_for=0,
+    )
+    version = str(info.registered_model_version)
+    mlflow.set_tag(MODEL_VERSION_TAG, version)
+    client.set_model_version_tag(params.mlflow.registered_model, version, BATCH_TAG, str(batch))
+    client.set_model_version_tag(params.mlflow.registered_model, version, DATA_TAG, data_md5)
+    return version
 
 
 # The non-default types in incrml's models that skops may load.
@@ -141,16 +213,16 @@ class BatchRun:
 
 def batch_runs(root: Path, params: Params) -> dict[int, BatchRun]:
     """Every batch with a finished run, newest run per batch, keyed by batch number."""
-    client = _client(params, root)
-    experiment_id = _experiment_id(client, params, root, create=False)
-    if experiment_id is None:
-        return {}
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string="attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=50_000,
-    )
+    with _store(params, root) as client:
+        experiment_id = _experiment_id(client, params, root, create=False)
+        if experiment_id is None:
+            return {}
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=50_000,
+        )
     found: dict[int, BatchRun] = {}
     for run in runs:
         tag = run.data.tags.get(BATCH_TAG)

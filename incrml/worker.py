@@ -106,11 +106,14 @@ def _start_zygote(address: str, preload: tuple[str, ...]) -> int:
 
 
 def _zygote(server: socket.socket, parent: int, preload: tuple[str, ...]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the stage; the CLI stops us
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C is for the stage. SIGTERM lets a stage being served finish reporting its exit code
+    # (the stage gets its own SIGTERM), then ends the zygote.
+    stopping = []
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     os.nice(10)  # a head start must not slow down DVC's own work in the CLI
     pending = list(preload)
-    while os.getppid() == parent:
+    while os.getppid() == parent and not stopping:
         ready, _, _ = select.select([server], [], [], 0 if pending else 1.0)
         if ready:
             connection, _ = server.accept()
@@ -130,6 +133,7 @@ def _serve(connection: socket.socket, server: socket.socket) -> None:
     child = os.fork()
     if child == 0:
         server.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         with suppress(OSError):  # the stage itself runs at the CLI's priority, where allowed
             os.setpriority(os.PRIO_PROCESS, 0, request["priority"])
         os.chdir(request["cwd"])

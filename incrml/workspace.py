@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,14 @@ class Layout:
     """The paths of one workspace; dvc.yaml declares the same ones."""
 
     root: Path
+
+    @property
+    def batch_files(self) -> Path:
+        """A files stream's accepted batches (`ingest-batch --file`), batch-00001.parquet on."""
+        return self.root / "data/source/batches"
+
+    def batch_file(self, batch: int) -> Path:
+        return self.batch_files / f"batch-{batch:05d}.parquet"
 
     @property
     def stream(self) -> Path:
@@ -65,6 +74,21 @@ class Layout:
     def dvc_lock(self) -> Path:
         return self.root / "dvc.lock"
 
+    @property
+    def checkpoints(self) -> Path:
+        """The incremental strategy's per-step models: a cache outside DVC's outputs."""
+        return self.root / ".dvc/tmp/incrml-checkpoints"
+
+    @property
+    def params_backup(self) -> Path:
+        """params.yaml as it was before an ingest changed batch_number, until the ingest ends."""
+        return self.root / ".dvc/tmp/incrml-params.yaml"
+
+    @property
+    def run_marker(self) -> Path:
+        """The MLflow run an evaluate is logging right now, and its process: a killed one is repaired."""
+        return self.root / ".dvc/tmp/incrml-run.json"
+
 
 def find_root(start: Path | None = None) -> Path:
     """The nearest folder at or above `start` that holds dvc.yaml, params.yaml and .dvc/."""
@@ -80,11 +104,12 @@ def find_root(start: Path | None = None) -> Path:
     )
 
 
-def init_workspace(target: Path) -> Path:
+def init_workspace(target: Path, from_files: bool = False) -> Path:
     """Make a new workspace at `target`: dvc.yaml, params.yaml, data/, and DVC initialised.
 
     Inside a git repository DVC uses git; elsewhere it runs without SCM. The stage code is
     the installed incrml package, so dvc.yaml here lists no code files among the deps.
+    `from_files` makes a files workspace: its batches are files accepted by `ingest-batch --file`.
     """
     target = target.resolve()
     if target.exists() and not target.is_dir():
@@ -97,6 +122,8 @@ def init_workspace(target: Path) -> Path:
     try:
         for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
             shutil.copyfile(TEMPLATE_DIR / name, target / name)
+        if from_files:
+            _use_files_stream(target)
         for folder in ("data/source",):
             (target / folder).mkdir(parents=True, exist_ok=True)
         (target / "data/source/.gitkeep").touch()
@@ -106,6 +133,39 @@ def init_workspace(target: Path) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         raise
     return target
+
+
+def _use_files_stream(root: Path) -> None:
+    """The files stream's dvc.yaml (its stages read data/source/batches/), and `kind: files`."""
+    (root / "dvc.yaml").write_text(files_dvc_yaml((TEMPLATE_DIR / "dvc.yaml").read_text()))
+    params = root / "params.yaml"
+    text, count = re.subn(r"(?m)^(    kind: )digits$", r"\1files", params.read_text(), count=1)
+    if count != 1:
+        raise IncrmlError("the params.yaml template has no `kind: digits` line to set")
+    params.write_text(text)
+
+
+def files_dvc_yaml(template: str) -> str:
+    """The template's dvc.yaml for a files stream, made from it so the two cannot drift apart:
+    get_data reads file 1 only, prepare_batch and merge_data the batches folder, and no stage
+    reads data.batch_size (a batch is a whole file)."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML()  # round trip: the template's comments and layout stay
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    pipeline = yaml.load(template)
+    stages = pipeline["stages"]
+    deps = stages["get_data"]["deps"]
+    deps[deps.index("data/source")] = "data/source/batches/batch-00001.parquet"
+    for name in ("prepare_batch", "merge_data"):
+        deps = stages[name]["deps"]
+        deps.insert(deps.index("data/raw/schema.json") + 1, "data/source/batches")
+        stages[name]["params"].remove("data.batch_size")
+    text = io.StringIO()
+    yaml.dump(pipeline, text)
+    return "# A files workspace: batch N is the Nth file `incrml ingest-batch --file` accepted.\n" + text.getvalue()
 
 
 def _in_git(path: Path) -> bool:

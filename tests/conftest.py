@@ -107,6 +107,20 @@ def ingested(ingested_template, tmp_path, monkeypatch) -> Path:
     return root
 
 
+def mlflow_runs(root: Path):
+    """(runs, model versions) in the workspace's MLflow store, read with MLflow's own client."""
+    from mlflow import MlflowClient
+
+    from incrml.config import load_params, tracking_uri
+
+    params = load_params(root)
+    client = MlflowClient(tracking_uri(params, root))
+    experiment = client.get_experiment_by_name(params.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
+    versions = client.search_model_versions(f"name = '{params.mlflow.registered_model}'")
+    return runs, versions
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """The md5 of every file a command must not change when it refuses: params, lock, data, store."""
     tracked = [root / "params.yaml", root / "dvc.lock", root / "mlflow.db"]

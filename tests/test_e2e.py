@@ -8,22 +8,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, mlflow_runs
 
-from incrml.config import load_params, tracking_uri
+from incrml.config import load_params
 from incrml.pipeline import lock_hashes, stale_stages
 from incrml.tracking import BATCH_TAG, DATA_TAG
-
-
-def _mlflow(root: Path):
-    from mlflow import MlflowClient
-
-    params = load_params(root)
-    client = MlflowClient(tracking_uri(params, root))
-    experiment = client.get_experiment_by_name(params.mlflow.experiment)
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    versions = client.search_model_versions(f"name = '{params.mlflow.registered_model}'")
-    return runs, versions
 
 
 def _json(result) -> dict:
@@ -39,7 +28,7 @@ def test_batches_1_2_3_compare_status_and_back_to_2_from_cache(cli, workspace):
         assert f"{batch} ◀" in result.stdout
         assert load_params(workspace).batch_number == batch
 
-    runs, versions = _mlflow(workspace)
+    runs, versions = mlflow_runs(workspace)
     assert sorted(int(r.data.tags[BATCH_TAG]) for r in runs) == [1, 2, 3]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]
@@ -71,7 +60,7 @@ def test_batches_1_2_3_compare_status_and_back_to_2_from_cache(cli, workspace):
         assert f"{stage}" in result.stdout
     assert result.stdout.count("restored from DVC cache") == 4
     assert stale_stages(workspace) == {}
-    runs_after, versions_after = _mlflow(workspace)
+    runs_after, versions_after = mlflow_runs(workspace)
     assert len(runs_after) == 3 and len(versions_after) == 3
     metrics = json.loads((workspace / "metrics/metrics.json").read_text())
     assert metrics["accuracy"] == batch2_metrics["accuracy"]
@@ -115,7 +104,7 @@ def test_stage_by_stage_walkthrough(cli, workspace):
         assert result.exit_code == 0, f"{command}: {result.output}"
         assert "✓ ran" in result.stdout
     assert stale_stages(workspace) == {}
-    runs, versions = _mlflow(workspace)
+    runs, versions = mlflow_runs(workspace)
     assert [r.data.tags[BATCH_TAG] for r in runs] == ["1"] and len(versions) == 1
 
     # Out of order, as `dvc repro -s train` would: train is up to date, status names what is not.

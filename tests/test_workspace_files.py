@@ -6,7 +6,7 @@ from conftest import REPO
 from ruamel.yaml import YAML
 
 from incrml.pipeline import STAGES
-from incrml.workspace import TEMPLATE_DIR, Layout
+from incrml.workspace import TEMPLATE_DIR, Layout, files_dvc_yaml
 
 
 def _load(path):
@@ -38,3 +38,19 @@ def test_dvc_yaml_declares_the_paths_the_stages_write():
     written = {layout.stream, layout.holdout, layout.schema, layout.batch, layout.batch_stats, layout.merged,
                layout.preprocessor, layout.model, layout.metrics, layout.run_record}
     assert {str(p.relative_to(REPO)) for p in written} == declared
+
+
+def test_files_dvc_yaml_is_the_template_reading_batch_files():
+    """A files workspace's stages differ only where batches come from: file 1, or the batches folder."""
+    template = _load(TEMPLATE_DIR / "dvc.yaml")
+    files = YAML(typ="safe").load(files_dvc_yaml((TEMPLATE_DIR / "dvc.yaml").read_text()))
+    layout = Layout(REPO)
+    first, folder = (str(p.relative_to(REPO)) for p in (layout.batch_file(1), layout.batch_files))
+    expected = template["stages"]
+    expected["get_data"]["deps"] = [first]
+    for name in ("prepare_batch", "merge_data"):
+        deps = expected[name]["deps"]
+        deps.insert(deps.index("data/raw/schema.json") + 1, folder)
+        expected[name]["params"].remove("data.batch_size")
+    assert files["stages"] == expected
+    assert files["plots"] == template["plots"]

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from incrml.config import DataParams, DigitsSource, FileSource, Params, SyntheticSource
+from incrml.config import DataParams, DigitsSource, FileSource, FilesSource, Params, SyntheticSource
 from incrml.errors import IncrmlError
 from incrml.files import atomic_write, write_json
 from incrml.stages import stage_main
@@ -32,7 +32,19 @@ def load_source(data: DataParams, root: Path) -> pd.DataFrame:
         return frame.rename(columns={"target": data.target})
     if isinstance(source, SyntheticSource):
         return synthetic_stream(source, data.target, data.seed)
+    if isinstance(source, FilesSource):
+        return read_first_batch_file(root)
     return read_file_source(source, root, data.target)
+
+
+def read_first_batch_file(root: Path) -> pd.DataFrame:
+    """A files stream's holdout and schema come from its first accepted file, and only from it."""
+    path = Layout(root).batch_file(1)
+    if not path.is_file():
+        raise IncrmlError("no batch file accepted yet; add the first with `incrml ingest-batch --file PATH`")
+    import pandas as pd
+
+    return pd.read_parquet(path)
 
 
 def read_file_source(source: FileSource, root: Path, target: str) -> pd.DataFrame:
@@ -142,6 +154,8 @@ def get_data(layout: Layout, params: Params) -> dict:
     write_parquet(holdout, layout.holdout)
     write_parquet(stream, layout.stream, row_group_size=ROW_GROUP_ROWS)
     schema = describe(stream, data, file_md5(layout.stream))
+    if isinstance(data.source, FilesSource):  # later files' labels are checked against these
+        schema["classes"] = sorted(frame[data.target].dropna().unique().tolist())
     write_json(layout.schema, schema)
     return schema
 

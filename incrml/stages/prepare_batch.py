@@ -1,15 +1,18 @@
-"""prepare_batch: rows (N-1)*size+1 .. N*size of the stream, cleaned, into data/processed/."""
+"""prepare_batch: rows (N-1)*size+1 .. N*size of the stream, cleaned, into data/processed/.
+
+In a files stream batch N is the accepted file N instead (batch 1: file 1 less the holdout).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from incrml.config import Params
+from incrml.config import FilesSource, Params
 from incrml.errors import IncrmlError
 from incrml.files import read_json, write_json
 from incrml.stages import stage_main
-from incrml.stages.get_data import write_parquet
+from incrml.stages.get_data import file_md5, write_parquet
 from incrml.workspace import Layout
 
 if TYPE_CHECKING:
@@ -65,18 +68,46 @@ def feature_stats(frame: pd.DataFrame, features: list[str]) -> dict:
 
 def prepare(stream: Path, batch: int, batch_size: int, target: str, features: list[str]):
     """The cleaned rows of one batch and their feature statistics."""
-    frame = clean(read_batch(stream, batch, batch_size), target)
+    return prepare_rows(read_batch(stream, batch, batch_size), target, features)
+
+
+def prepare_rows(rows: pd.DataFrame, target: str, features: list[str]):
+    frame = clean(rows, target)
     return frame, feature_stats(frame, features)
+
+
+def check_available(layout: Layout, params: Params, schema: dict, batch: int) -> None:
+    if isinstance(params.data.source, FilesSource):
+        from incrml.batch_files import check_accepted
+
+        check_accepted(layout, batch)
+    else:
+        check_batch(batch, schema["rows"], params.data.batch_size)
+
+
+def prepare_numbered(layout: Layout, params: Params, schema: dict, batch: int) -> tuple[pd.DataFrame, dict]:
+    """Batch `batch`, cleaned, and its statistics, as data/processed/ and data/merged/ hold them.
+
+    A files stream's statistics also record the md5 of the batch's file, so that merge_data
+    can tell an earlier partition whose file has changed since.
+    """
+    target, features = schema["target"], schema["features"]
+    if isinstance(params.data.source, FilesSource):
+        import pandas as pd
+
+        source = layout.batch_file(batch)
+        frame, stats = prepare_rows(pd.read_parquet(layout.stream if batch == 1 else source), target, features)
+        return frame, {"batch": batch, "source_md5": file_md5(source), **stats}
+    frame, stats = prepare(layout.stream, batch, params.data.batch_size, target, features)
+    return frame, {"batch": batch, **stats}
 
 
 def prepare_batch(layout: Layout, params: Params) -> None:
     schema = read_json(layout.schema)
-    check_batch(params.batch_number, schema["rows"], params.data.batch_size)
-    frame, stats = prepare(
-        layout.stream, params.batch_number, params.data.batch_size, schema["target"], schema["features"]
-    )
+    check_available(layout, params, schema, params.batch_number)
+    frame, stats = prepare_numbered(layout, params, schema, params.batch_number)
     write_parquet(frame, layout.batch)
-    write_json(layout.batch_stats, {"batch": params.batch_number, **stats})
+    write_json(layout.batch_stats, stats)
 
 
 if __name__ == "__main__":
