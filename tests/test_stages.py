@@ -283,3 +283,43 @@ def test_fit_and_score_beat_chance_and_report_exactly_the_requested_metrics() ->
     assert scores["accuracy"] > 0.5
     assert scores["balanced_accuracy"] > 0.5
     assert all(0.0 <= value <= 1.0 for value in scores.values())
+
+
+def _incremental(layout: Layout, batch: int, store: Path):
+    from incrml.stages.train import fit_incremental
+
+    params = synthetic_params(batch)
+    ingest(layout, params)
+    spec = preprocess.fit_preprocessor(
+        [read_json(p.with_suffix(".json")) for p in merge_data.partitions(layout.merged)],
+        read_json(layout.schema)["features"],
+        standardize=True,
+    )
+    train = TrainParams(strategy="incremental", estimator={"kind": "sgd"})
+    classes = read_json(layout.schema)["classes"]
+    return fit_incremental(merge_data.partitions(layout.merged), spec, "target", train, classes, store)
+
+
+def test_incremental_chain_resumed_from_checkpoints_equals_one_from_scratch(tmp_path: Path) -> None:
+    """Batch by batch with checkpoints, or batch 3 at once: the same model, one step per batch."""
+    stepwise, scratch = Layout(tmp_path / "stepwise"), Layout(tmp_path / "scratch")
+    store = tmp_path / "store-stepwise"
+    for batch in (1, 2):
+        _incremental(stepwise, batch, store)
+    earlier_steps = {p.name: p.stat().st_mtime_ns for p in store.iterdir()}
+    resumed = _incremental(stepwise, 3, store)
+    assert len(earlier_steps) == 2 and len(list(store.iterdir())) == 3
+    assert {p: (store / p).stat().st_mtime_ns for p in earlier_steps} == earlier_steps, "batch 3 redid earlier steps"
+    at_once = _incremental(scratch, 3, tmp_path / "store-scratch")
+    holdout = pd.read_parquet(stepwise.holdout)
+    features = read_json(stepwise.schema)["features"]
+    np.testing.assert_array_equal(resumed[-1].coef_, at_once[-1].coef_)
+    np.testing.assert_array_equal(resumed.predict(holdout[features]), at_once.predict(holdout[features]))
+
+
+def test_incremental_strategy_needs_an_estimator_that_learns_batch_by_batch() -> None:
+    from incrml.config import parse_params
+
+    with pytest.raises(IncrmlError, match="strategy 'incremental' needs estimator kind 'sgd'"):
+        parse_params("batch_number: 1\ntrain:\n  strategy: incremental\n")
+    assert parse_params("batch_number: 1\ntrain:\n  strategy: incremental\n  estimator:\n    kind: sgd\n").train.strategy == "incremental"

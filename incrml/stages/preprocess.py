@@ -60,6 +60,19 @@ def build_preprocessor(spec: dict):
     return make_pipeline(scaler, FunctionTransformer(np.nan_to_num))
 
 
+def transform_in_place(preprocessor, x) -> None:
+    """What build_preprocessor's pipeline does to a float64 matrix, without copying it."""
+    import warnings
+
+    import numpy as np
+
+    scaler = preprocessor.steps[0][1]
+    with warnings.catch_warnings():  # the matrix has no column names; its columns are the features
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        scaler.transform(x, copy=False)
+    np.nan_to_num(x, copy=False)
+
+
 def preprocess(layout: Layout, params: Params) -> None:
     schema = read_json(layout.schema)
     parts = partitions(layout.merged)
