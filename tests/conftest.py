@@ -107,6 +107,16 @@ def ingested(ingested_template, tmp_path, monkeypatch) -> Path:
     return root
 
 
+def one_line_error(result) -> str:
+    """The one `Error:` line a refused command prints, from CliRunner or a real process."""
+    code = result.exit_code if hasattr(result, "exit_code") else result.returncode
+    assert code != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
 def mlflow_runs(root: Path):
     """(runs, model versions) in the workspace's MLflow store, read with MLflow's own client."""
     from mlflow import MlflowClient

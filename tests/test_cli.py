@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, snapshot
+from conftest import REPO, one_line_error, snapshot
 
 from incrml.cli import app
 
@@ -45,14 +45,6 @@ def test_status_does_not_import_mlflow_or_sklearn(ingested):
     assert _imported("status", cwd=ingested) & {"mlflow", "sklearn"} == set()
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
-
-
 BAD_COMMANDS = [
     (["ingest-batch", "0"], "batch must be a whole number from 1 up, got '0'"),
     (["ingest-batch", "-1"], "got '-1'"),
@@ -73,7 +65,7 @@ BAD_COMMANDS = [
 @pytest.mark.parametrize(("args", "message"), BAD_COMMANDS, ids=[" ".join(a) for a, _ in BAD_COMMANDS])
 def test_bad_input_is_one_line_and_changes_nothing(cli, ingested, args, message):
     before = snapshot(ingested)
-    assert message in _one_line_error(cli(*args))
+    assert message in one_line_error(cli(*args))
     assert snapshot(ingested) == before
 
 
@@ -90,17 +82,17 @@ def test_broken_params_yaml_is_one_line_and_changes_nothing(cli, ingested, text,
     (ingested / "params.yaml").write_text(text)
     before = snapshot(ingested)
     for command in (["ingest-batch", "3"], ["status"], ["compare", "1", "2"]):
-        assert message in _one_line_error(cli(*command))
+        assert message in one_line_error(cli(*command))
     assert snapshot(ingested) == before
 
 
 def test_commands_outside_a_workspace(cli, tmp_path):
     for command in (["ingest-batch", "1"], ["status"], ["compare", "1", "2"], ["train"]):
-        assert "not inside an incrml workspace" in _one_line_error(cli(*command, cwd=tmp_path))
+        assert "not inside an incrml workspace" in one_line_error(cli(*command, cwd=tmp_path))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_init_refuses_a_folder_that_is_not_empty(cli, tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    assert "is not empty" in _one_line_error(cli("init", str(tmp_path)))
+    assert "is not empty" in one_line_error(cli("init", str(tmp_path)))
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import _copy, snapshot
+from conftest import _copy, one_line_error, snapshot
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
@@ -65,14 +65,6 @@ def files_ws(files_template, tmp_path, monkeypatch) -> Path:
     return root
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
-
-
 def _partition_rows(root: Path) -> list[int]:
     merged = root / "data/merged"
     return [read_json(p.with_suffix(".json"))["rows"] for p in merge_data.partitions(merged)]
@@ -94,7 +86,7 @@ def test_files_become_batches_tracked_by_dvc_and_a_failed_ingest_is_retried(cli,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "reproduce", fails_once)
-    line = _one_line_error(cli("ingest-batch", "--file", str(drops[2])))
+    line = one_line_error(cli("ingest-batch", "--file", str(drops[2])))
     assert "stage train failed: boom" in line and "kept as batch 3: `incrml ingest-batch 3` retries it" in line
     monkeypatch.setattr(pipeline, "reproduce", real)
     assert load_params(files_ws).batch_number == 2
@@ -113,7 +105,7 @@ def test_files_become_batches_tracked_by_dvc_and_a_failed_ingest_is_retried(cli,
         assert (files_ws / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).is_file()
 
     before = snapshot(files_ws)
-    line = _one_line_error(cli("ingest-batch", "--file", str(drops[1])))
+    line = one_line_error(cli("ingest-batch", "--file", str(drops[1])))
     assert "has the same content as batch 2; --force adds it again as batch 4" in line
     assert snapshot(files_ws) == before
 
@@ -175,7 +167,7 @@ def test_a_bad_file_is_one_line_and_changes_nothing(cli, files_ws, drops, tmp_pa
     (tmp_path / "bad").mkdir()
     path = _bad_files(tmp_path / "bad", pd.read_csv(drops[2]))[case]
     before = snapshot(files_ws)
-    assert message in _one_line_error(cli("ingest-batch", "--file", str(path)))
+    assert message in one_line_error(cli("ingest-batch", "--file", str(path)))
     assert snapshot(files_ws) == before
     assert sorted(p.name for p in (files_ws / "data/source/batches").iterdir() if p.suffix == ".parquet") == [
         "batch-00001.parquet",
@@ -190,13 +182,13 @@ def test_refusals_of_the_command_itself(cli, files_ws, drops):
         (["ingest-batch", "3", "--file", str(drops[2])], "give a batch number or --file PATH, not both"),
         (["ingest-batch", "--force"], "--force goes with --file PATH"),
     ]:
-        assert message in _one_line_error(cli(*args))
+        assert message in one_line_error(cli(*args))
     assert snapshot(files_ws) == before
 
 
 def test_file_in_a_digits_workspace_is_refused(cli, workspace, drops):
     before = snapshot(workspace)
-    line = _one_line_error(cli("ingest-batch", "--file", str(drops[0])))
+    line = one_line_error(cli("ingest-batch", "--file", str(drops[0])))
     assert "--file needs a files workspace, and this one's data.source is kind 'digits'" in line
     assert "incrml init DIR --from-files" in line
     assert snapshot(workspace) == before

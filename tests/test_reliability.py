@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import mlflow_runs, snapshot
+from conftest import mlflow_runs, one_line_error, snapshot
 
 from incrml.config import load_params
 from incrml.pipeline import stale_stages
@@ -50,14 +50,6 @@ def wait_for(condition, timeout: float = 60, what: str = "condition") -> None:
         time.sleep(0.05)
 
 
-def one_error_line(result) -> str:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
-
-
 def evaluate_running(root: Path) -> bool:
     """True once evaluate has an MLflow run open (its marker names the run and the process)."""
     return (root / ".dvc/tmp/incrml-run.json").exists()
@@ -78,7 +70,7 @@ def test_second_ingest_waits_then_reports_busy(ingested):
     started = time.monotonic()
     busy = run(ingested, "ingest-batch", "4", "--wait", "0.5")
     assert busy.returncode == 75
-    assert "workspace busy: `incrml ingest-batch 3`" in one_error_line(busy)
+    assert "workspace busy: `incrml ingest-batch 3`" in one_line_error(busy)
     assert time.monotonic() - started < 10
 
     patient = run(ingested, "ingest-batch", "4", "--wait", "120")
@@ -157,7 +149,7 @@ def test_unreachable_tracking_server_fails_fast_naming_it_and_changes_nothing(in
     uri = _closed_port_uri()
     refused = run(ingested, "ingest-batch", "3", env={"MLFLOW_TRACKING_URI": uri})
     assert refused.returncode == 69
-    assert f"MLflow tracking server at {uri} is unreachable" in one_error_line(refused)
+    assert f"MLflow tracking server at {uri} is unreachable" in one_line_error(refused)
 
     params = ingested / "params.yaml"
     params.write_text(params.read_text().replace("timeout_seconds: 30", "timeout_seconds: 2"))
@@ -167,7 +159,7 @@ def test_unreachable_tracking_server_fails_fast_naming_it_and_changes_nothing(in
         timed_out = run(ingested, "ingest-batch", "3", env={"MLFLOW_TRACKING_URI": hung})
         assert time.monotonic() - started < 15
     assert timed_out.returncode == 69
-    assert hung in one_error_line(timed_out)
+    assert hung in one_line_error(timed_out)
     assert snapshot(ingested) == before
 
 
@@ -226,7 +218,7 @@ def test_ingest_against_a_real_tracking_server_then_the_server_stops(workspace, 
     server.wait(timeout=30)
     before = snapshot(workspace)
     down = run(workspace, "ingest-batch", "2", env=env)
-    assert down.returncode == 69 and uri in one_error_line(down)
+    assert down.returncode == 69 and uri in one_line_error(down)
     assert snapshot(workspace) == before
 
 
@@ -265,7 +257,7 @@ def test_disk_full_is_one_line_and_nothing_half_written(ingested, tmp_path):
         filler = _fill(disk, leave=16 * 1024)
         before = (root / "params.yaml").read_text()
         full = run(root, "ingest-batch", "3")
-        assert "Error:" in one_error_line(full)
+        assert "Error:" in one_line_error(full)
         assert (root / "params.yaml").read_text() == before
         assert not [p for p in root.rglob(".*.tmp-*")], "temporary files left behind"
 
@@ -282,7 +274,7 @@ def test_read_only_workspace_is_one_line_and_changes_nothing(ingested, tmp_path)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         refused = run(root, "ingest-batch", "3")
         assert refused.returncode == 74
-        assert "Read-only file system" in one_error_line(refused)
+        assert "Read-only file system" in one_line_error(refused)
         assert snapshot(root) == before
 
 
@@ -293,7 +285,7 @@ def test_a_store_from_an_older_mlflow_gets_an_instruction(ingested):
     before = snapshot(ingested)
     for command in (["compare", "1", "2"], ["ingest-batch", "3"]):
         result = run(ingested, *command)
-        line = one_error_line(result)
+        line = one_line_error(result)
         assert re.search(r"made by an older MLflow; back it up, then run `mlflow db upgrade sqlite:///.*mlflow.db`", line)
     assert snapshot(ingested) == before
 
