@@ -64,6 +64,25 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def working_copy(template: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A test's own copy of a session template workspace, and the cwd set to it."""
+    root = _copy(template, tmp_path / "ws")
+    monkeypatch.chdir(root)
+    return root
+
+
+def invoke_in(root: Path, *commands: list[str]) -> None:
+    """Run incrml commands in `root` (for session fixtures, which cannot use monkeypatch)."""
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        for command in commands:
+            result = CliRunner().invoke(app, command)
+            assert result.exit_code == 0, result.output
+    finally:
+        os.chdir(cwd)
+
+
 @pytest.fixture(scope="session")
 def template_workspace(tmp_path_factory) -> Path:
     from incrml.config import load_params
@@ -80,31 +99,20 @@ def template_workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def workspace(template_workspace, tmp_path, monkeypatch) -> Path:
-    root = _copy(template_workspace, tmp_path / "ws")
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(template_workspace, tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="session")
 def ingested_template(template_workspace, tmp_path_factory) -> Path:
     """Batches 1 and 2 ingested; copied per test, never changed itself."""
     root = _copy(template_workspace, tmp_path_factory.mktemp("ingested") / "ws")
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        for batch in ("1", "2"):
-            result = CliRunner().invoke(app, ["ingest-batch", batch])
-            assert result.exit_code == 0, result.output
-    finally:
-        os.chdir(cwd)
+    invoke_in(root, ["ingest-batch", "1"], ["ingest-batch", "2"])
     return root
 
 
 @pytest.fixture
 def ingested(ingested_template, tmp_path, monkeypatch) -> Path:
-    root = _copy(ingested_template, tmp_path / "ws")
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(ingested_template, tmp_path, monkeypatch)
 
 
 def one_line_error(result) -> str:

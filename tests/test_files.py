@@ -4,13 +4,12 @@ and the validation and the merge rebuild on small frames, without them."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import _copy, one_line_error, snapshot
+from conftest import invoke_in, one_line_error, snapshot, working_copy
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
@@ -45,24 +44,15 @@ def drops(tmp_path_factory) -> list[Path]:
 def files_template(drops, tmp_path_factory) -> Path:
     """A files workspace with drops 1 and 2 ingested as batches 1 and 2; copied per test."""
     root = tmp_path_factory.mktemp("files") / "ws"
-    runner, cwd = CliRunner(), Path.cwd()
-    result = runner.invoke(app, ["init", str(root), "--from-files"])
+    result = CliRunner().invoke(app, ["init", str(root), "--from-files"])
     assert result.exit_code == 0, result.output
-    os.chdir(root)
-    try:
-        for drop in drops[:2]:
-            result = runner.invoke(app, ["ingest-batch", "--file", str(drop)])
-            assert result.exit_code == 0, result.output
-    finally:
-        os.chdir(cwd)
+    invoke_in(root, *(["ingest-batch", "--file", str(drop)] for drop in drops[:2]))
     return root
 
 
 @pytest.fixture
 def files_ws(files_template, tmp_path, monkeypatch) -> Path:
-    root = _copy(files_template, tmp_path / "ws")
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(files_template, tmp_path, monkeypatch)
 
 
 def _partition_rows(root: Path) -> list[int]:
