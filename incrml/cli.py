@@ -67,9 +67,10 @@ def _root() -> Path:
     return find_root()
 
 
-def _progress():
+def _progress(show: bool = True):
     """Per-stage progress: on a terminal a live table with a spinner on the running stage;
-    elsewhere (CI logs, pipes) one line per finished stage."""
+    elsewhere (CI logs, pipes) one line per finished stage; nothing if not `show` (--json).
+    The finished stages are collected in the list returned last."""
     from contextlib import nullcontext
 
     from rich.live import Live
@@ -94,7 +95,8 @@ def _progress():
             table.add_row(*row(name))
         return table
 
-    live = Live(render(), console=console, refresh_per_second=8) if console.is_terminal else None
+    live = Live(render(), console=console, refresh_per_second=8) if show and console.is_terminal else None
+    finished: list = []
 
     def on_start(stage: str) -> None:
         state[stage] = ("running", None)
@@ -102,16 +104,17 @@ def _progress():
             live.update(render())
 
     def on_done(result) -> None:
+        finished.append(result)
         state[result.stage] = (result.outcome, result.seconds)
         if live:
             live.update(render())
-        else:
+        elif show:
             console.print(f"{result.stage:<15}{row(result.stage)[1]}")
 
-    return live or nullcontext(), (on_start, on_done)
+    return live or nullcontext(), (on_start, on_done), finished
 
 
-def _reproduce(batch: str | None, target: str | None, wait: float, command: str) -> None:
+def _reproduce(batch: str | None, target: str | None, wait: float, command: str, show: bool = True) -> list:
     from incrml.config import load_params
     from incrml.ingest import parse_batch, reproduce_batch
 
@@ -119,9 +122,10 @@ def _reproduce(batch: str | None, target: str | None, wait: float, command: str)
     root = _root()
     if number is None:
         number = load_params(root).batch_number
-    display, progress = _progress()
+    display, progress, finished = _progress(show)
     with display:
         reproduce_batch(root, number, target=target, progress=progress, wait=wait, command=command)
+    return finished
 
 
 @app.command("ingest-batch", context_settings=_NUMERIC_ARGS)
@@ -144,11 +148,11 @@ def ingest_batch(
     if file is None and (batch is None or force):
         raise IncrmlError("--force goes with --file PATH" if force else "Missing argument 'N' (or --file PATH)")
     if file is None:
-        _reproduce(batch, None, wait, f"ingest-batch {batch}")
+        stages = _reproduce(batch, None, wait, f"ingest-batch {batch}", show=not as_json)
     else:
         from incrml.batch_files import ingest_file
 
-        root, (display, progress) = _root(), _progress()
+        root, (display, progress, stages) = _root(), _progress(show=not as_json)
         with display:
             accepted = ingest_file(root, file, force=force, progress=progress, wait=wait)
         if not as_json:
@@ -157,7 +161,7 @@ def ingest_batch(
     root = _root()
     data = history_data(root, load_params(root))
     if as_json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps({"stages": [vars(s) for s in stages], **data}, indent=2))
     else:
         console.print(render_history(data))
 
