@@ -79,9 +79,10 @@ def warm_worker() -> Iterator[dict[str, str]]:
             pids.append(_start_zygote(os.path.join(folder, name), preload))
         yield {WORKER_ENV: folder}
     finally:
+        # DVC is done, so no stage is being served: end the zygotes now, even mid-import.
         for pid in pids:
             with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGKILL)
             with suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         shutil.rmtree(folder, ignore_errors=True)
