@@ -13,13 +13,16 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from incrml.config import Params, load_params
 from incrml.errors import IncrmlError
 from incrml.pipeline import STAGE_LOG_ENV
 from incrml.workspace import Layout
 
-Body = Callable[[Layout, Params], object]
+if TYPE_CHECKING:
+    from incrml.config import Params
+
+    Body = Callable[[Layout, Params], object]
 
 
 def stage_main(body: Body) -> None:
@@ -79,6 +82,8 @@ def run_body(body: Body) -> int:
         with open(log, "a") as handle:
             os.dup2(handle.fileno(), 1)
             os.dup2(handle.fileno(), 2)
+    from incrml.config import load_params
+
     root = Path.cwd()
     started, rss_before = time.perf_counter(), _rss_kib()
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from incrml.config import Params
 from incrml.errors import IncrmlError
 from incrml.files import read_json, write_json
 from incrml.pipeline import lock_hashes
@@ -18,6 +17,8 @@ from incrml.workspace import Layout
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from incrml.config import Params
 
 
 def score(model, holdout: pd.DataFrame, features: list[str], target: str, names: list[str]) -> dict[str, float]:

@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from incrml.config import DataParams, DigitsSource, FileSource, FilesSource, Params, SyntheticSource
 from incrml.errors import IncrmlError
 from incrml.files import atomic_write, write_json
 from incrml.stages import stage_main
@@ -19,20 +18,22 @@ from incrml.workspace import Layout
 if TYPE_CHECKING:
     import pandas as pd
 
+    from incrml.config import DataParams, FileSource, Params, SyntheticSource
+
 # Row groups let prepare_batch read one batch without decoding the whole stream.
 ROW_GROUP_ROWS = 5_000
 
 
 def load_source(data: DataParams, root: Path) -> pd.DataFrame:
     source = data.source
-    if isinstance(source, DigitsSource):
+    if source.kind == "digits":
         from sklearn.datasets import load_digits
 
         frame = load_digits(as_frame=True).frame
         return frame.rename(columns={"target": data.target})
-    if isinstance(source, SyntheticSource):
+    if source.kind == "synthetic":
         return synthetic_stream(source, data.target, data.seed)
-    if isinstance(source, FilesSource):
+    if source.kind == "files":
         return read_first_batch_file(root)
     return read_file_source(source, root, data.target)
 
@@ -108,7 +109,7 @@ def source_fingerprint(data: DataParams) -> dict:
 
 def count_stream_rows(data: DataParams, root: Path) -> int:
     """How many rows the stream will hold, without writing anything."""
-    if isinstance(data.source, SyntheticSource):
+    if data.source.kind == "synthetic":
         total = data.source.rows
     else:
         total = len(load_source(data, root))
@@ -149,12 +150,12 @@ def file_md5(path: Path) -> str:
 def get_data(layout: Layout, params: Params) -> dict:
     data = params.data
     frame = load_source(data, layout.root)
-    shuffle = isinstance(data.source, DigitsSource)
+    shuffle = data.source.kind == "digits"
     stream, holdout = split_holdout(frame, data.holdout_fraction, data.seed, shuffle)
     write_parquet(holdout, layout.holdout)
     write_parquet(stream, layout.stream, row_group_size=ROW_GROUP_ROWS)
     schema = describe(stream, data, file_md5(layout.stream))
-    if isinstance(data.source, FilesSource):  # later files' labels are checked against these
+    if data.source.kind == "files":  # later files' labels are checked against these
         schema["classes"] = sorted(frame[data.target].dropna().unique().tolist())
     write_json(layout.schema, schema)
     return schema

@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from incrml.config import FilesSource, Params
 from incrml.errors import IncrmlError
 from incrml.files import atomic_write, read_json, write_json
 from incrml.stages import prepare_batch as prepare_stage
@@ -26,6 +25,8 @@ from incrml.workspace import Layout
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from incrml.config import Params
 
 MANIFEST = "_manifest.json"
 _PARTITION = re.compile(r"batch-(\d+)\.(parquet|json)$")
@@ -70,7 +71,7 @@ def read_training(merged: Path, features: list[str], target: str):
 
 def _key(schema: dict, params: Params) -> dict:
     code = hashlib.md5(Path(prepare_stage.__file__).read_bytes()).hexdigest()
-    if isinstance(params.data.source, FilesSource):  # batch sizes are the files'; each partition keys itself
+    if params.data.source.kind == "files":  # batch sizes are the files'; each partition keys itself
         return {"stream": schema["digest"], "prepare_code": code}
     return {"stream": schema["digest"], "batch_size": params.data.batch_size, "prepare_code": code}
 
@@ -80,7 +81,7 @@ def _current(layout: Layout, params: Params, batch: int) -> bool:
     parquet, stats = partition(layout.merged, batch, "parquet"), partition(layout.merged, batch, "json")
     if not (parquet.exists() and stats.exists()):
         return False
-    if not isinstance(params.data.source, FilesSource):
+    if not params.data.source.kind == "files":
         return True  # the manifest's key covers the whole stream
     return read_json(stats).get("source_md5") == file_md5(layout.batch_file(batch))
 

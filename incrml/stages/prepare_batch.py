@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from incrml.config import FilesSource, Params
 from incrml.errors import IncrmlError
 from incrml.files import read_json, write_json
 from incrml.stages import stage_main
@@ -17,6 +16,8 @@ from incrml.workspace import Layout
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from incrml.config import Params
 
 
 def batch_count(stream_rows: int, batch_size: int) -> int:
@@ -77,7 +78,7 @@ def prepare_rows(rows: pd.DataFrame, target: str, features: list[str]):
 
 
 def check_available(layout: Layout, params: Params, schema: dict, batch: int) -> None:
-    if isinstance(params.data.source, FilesSource):
+    if params.data.source.kind == "files":
         from incrml.batch_files import check_accepted
 
         check_accepted(layout, batch)
@@ -92,7 +93,7 @@ def prepare_numbered(layout: Layout, params: Params, schema: dict, batch: int) -
     can tell an earlier partition whose file has changed since.
     """
     target, features = schema["target"], schema["features"]
-    if isinstance(params.data.source, FilesSource):
+    if params.data.source.kind == "files":
         import pandas as pd
 
         source = layout.batch_file(batch)

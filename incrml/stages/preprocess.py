@@ -6,12 +6,16 @@ what the number of batches costs, not the number of rows; the holdout is never s
 
 from __future__ import annotations
 
-from incrml.config import Params
+from typing import TYPE_CHECKING
+
 from incrml.errors import IncrmlError
 from incrml.files import read_json, write_json
 from incrml.stages import stage_main
 from incrml.stages.merge_data import partitions
 from incrml.workspace import Layout
+
+if TYPE_CHECKING:
+    from incrml.config import Params
 
 
 def combine(stats: list[dict]) -> dict:

@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from incrml.config import LogisticRegressionParams, Params, RandomForestParams, TrainParams
 from incrml.files import atomic_write, read_json
 from incrml.stages import stage_main
 from incrml.stages.merge_data import partitions, read_training
@@ -26,14 +25,16 @@ from incrml.workspace import Layout
 if TYPE_CHECKING:
     import pandas as pd
 
+    from incrml.config import Params, TrainParams
+
 
 def make_estimator(train: TrainParams):
     spec = train.estimator
-    if isinstance(spec, LogisticRegressionParams):
+    if spec.kind == "logistic_regression":
         from sklearn.linear_model import LogisticRegression
 
         return LogisticRegression(C=spec.C, max_iter=spec.max_iter, random_state=train.seed)
-    if isinstance(spec, RandomForestParams):
+    if spec.kind == "random_forest":
         from sklearn.ensemble import RandomForestClassifier
 
         return RandomForestClassifier(
