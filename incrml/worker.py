@@ -107,11 +107,13 @@ def _start_zygote(address: str, preload: tuple[str, ...]) -> int:
 
 
 def _zygote(server: socket.socket, parent: int, preload: tuple[str, ...]) -> None:
-    # Ctrl-C is for the stage. SIGTERM lets a stage being served finish reporting its exit code
-    # (the stage gets its own SIGTERM), then ends the zygote.
+    # Ctrl-C is for the stage; SIGTERM ends the zygote at its next turn (a stage it started
+    # reports its own exit code). Children are reaped by the kernel (SIGCHLD ignored), so the
+    # zygote goes on preloading while they run.
     stopping = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     os.nice(10)  # a head start must not slow down DVC's own work in the CLI
     pending = list(preload)
     while os.getppid() == parent and not stopping:
@@ -129,26 +131,33 @@ def _zygote(server: socket.socket, parent: int, preload: tuple[str, ...]) -> Non
 
 
 def _serve(connection: socket.socket, server: socket.socket) -> None:
+    """Fork a child that runs the requested stage and reports its own exit code."""
     stream = connection.makefile("rw")
     request = json.loads(stream.readline())
     child = os.fork()
     if child == 0:
-        server.close()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        with suppress(OSError):  # the stage itself runs at the CLI's priority, where allowed
-            os.setpriority(os.PRIO_PROCESS, 0, request["priority"])
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        module = importlib.import_module(request["module"])
-        from incrml.stages import run_body
+        code = 1
+        try:
+            server.close()
+            for signum, handler in ((signal.SIGCHLD, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL),
+                                    (signal.SIGINT, signal.default_int_handler)):
+                signal.signal(signum, handler)
+            with suppress(OSError):  # the stage itself runs at the CLI's priority, where allowed
+                os.setpriority(os.PRIO_PROCESS, 0, request["priority"])
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["env"])
+            module = importlib.import_module(request["module"])
+            from incrml.stages import run_body
 
-        os._exit(run_body(getattr(module, request["function"])))
+            code = run_body(getattr(module, request["function"]))
+            stream.write(json.dumps({"exit": code}) + "\n")
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - the child must never return into the zygote's loop
+            pass
+        finally:
+            os._exit(code)
     stream.write(json.dumps({"pid": child}) + "\n")
-    stream.flush()
-    _, status = os.waitpid(child, 0)
-    stream.write(json.dumps({"exit": os.waitstatus_to_exitcode(status)}) + "\n")
     stream.flush()
 
 
@@ -176,19 +185,20 @@ def delegate(folder: str, body: Callable) -> int | None:
         }
         stream.write(json.dumps(request) + "\n")
         stream.flush()
-        started = stream.readline()
-        if not started:
+        first = stream.readline()
+        if not first:
             return None
-        child = json.loads(started)["pid"]
+        # The zygote sends the child's pid, the child its exit code: usually in that order.
+        message = json.loads(first)
+        if "pid" in message:
+            child = message["pid"]
 
-        def forward(signum, frame):
-            with suppress(ProcessLookupError):
-                os.kill(child, signum)
+            def forward(signum, frame):
+                with suppress(ProcessLookupError):
+                    os.kill(child, signum)
 
-        signal.signal(signal.SIGINT, forward)
-        signal.signal(signal.SIGTERM, forward)
-        finished = stream.readline()
-    if not finished:
-        return 1
-    code = json.loads(finished)["exit"]
-    return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
+            signal.signal(signal.SIGINT, forward)
+            signal.signal(signal.SIGTERM, forward)
+            second = stream.readline()
+            message = json.loads(second) if second else {"exit": 1}  # died without a word: SIGKILL
+    return message["exit"]
