@@ -1,3 +1,3 @@
-from incrml.cli import main
+from incrml.launch import main
 
 main()

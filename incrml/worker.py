@@ -69,8 +69,8 @@ ZYGOTES = {
 def warm_worker() -> Iterator[dict[str, str]]:
     """Run the zygotes for the duration of the block; yields the environment that points stages
     at them (a folder holding one socket per zygote)."""
-    if not hasattr(os, "fork") or os.environ.get(DISABLE_ENV):
-        yield {}
+    if not hasattr(os, "fork") or os.environ.get(DISABLE_ENV) or os.environ.get(WORKER_ENV):
+        yield {}  # no worker wanted, or this process started one already (incrml.launch)
         return
     folder = tempfile.mkdtemp(prefix="incrml-")
     pids = []
