@@ -169,6 +169,17 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _healthy(uri: str) -> bool:
+    """An MLflow server answers its health check."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1, stopped at the end."""
@@ -182,18 +193,8 @@ def mlflow_server(tmp_path):
         cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=1):
-                return True
-        except OSError:
-            return False
-
     try:
-        wait_for(healthy, timeout=90, what="mlflow server to start")
+        wait_for(lambda: _healthy(uri), timeout=90, what="mlflow server to start")
         yield uri, proc
     finally:
         if proc.poll() is None:
@@ -294,16 +295,7 @@ def test_ui_binds_loopback_and_warns_for_any_other_host(workspace):
     port = _free_port()
     proc = incrml(workspace, "ui", "--port", str(port))
     try:
-        import urllib.request
-
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(answers, timeout=90, what="the MLflow UI")
+        wait_for(lambda: _healthy(f"http://127.0.0.1:{port}"), timeout=90, what="the MLflow UI")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
