@@ -13,12 +13,6 @@ from incrml.files import read_json
 from incrml.workspace import Layout
 
 
-def _runs(root: Path, params: Params):
-    from incrml.tracking import batch_runs
-
-    return batch_runs(root, params)
-
-
 def history_data(root: Path, params: Params) -> dict:
     """Every batch with a finished MLflow run: rows, metrics, and change from the batch before.
 
@@ -73,7 +67,9 @@ def render_history(data: dict) -> Table:
 
 
 def compare_data(root: Path, params: Params, first: int, second: int) -> dict:
-    runs = _runs(root, params)
+    from incrml.tracking import batch_runs
+
+    runs = batch_runs(root, params)
     for batch in (first, second):
         if batch not in runs:
             have = ", ".join(map(str, runs)) or "none"

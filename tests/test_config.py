@@ -55,22 +55,16 @@ def test_shipped_params_parse_to_batch_1_of_50_digits(params_dir: Path) -> None:
         ("batch_number: 1\ntrain:\n  estimator:\n    kind: random_forest\n    depth: 3\n", "train.estimator.depth"),
         ("batch_number: 1\ndata:\n  source: {kind: synthetic, rows: 5, features: 2, row: 3}\n", "data.source.row"),
         ("batch_number: 1\ndata:\n  source: {kind: files, path: x.csv}\n", "data.source.path"),
-    ],
-    ids=["batchsize", "data.batchsize", "train.estimator.CC", "train.estimator.depth", "data.source.row", "files.path"],
-)
-def test_unknown_key_is_named_by_its_dotted_path(text: str, key: str) -> None:
-    assert refusal(text) == f"params.yaml: unknown key '{key}'"
-
-
-@pytest.mark.parametrize(
-    ("text", "key"),
-    [
+        # keys spelled like a source kind are still named
         ("batch_number: 1\nsynthetic: 1\n", "synthetic"),
         ("batch_number: 1\ndata:\n  file: x.csv\n", "data.file"),
     ],
-    ids=["synthetic", "data.file"],
+    ids=[
+        "batchsize", "data.batchsize", "train.estimator.CC", "train.estimator.depth", "data.source.row",
+        "files.path", "synthetic", "data.file",
+    ],
 )
-def test_unknown_key_spelled_like_a_source_kind_is_still_named(text: str, key: str) -> None:
+def test_unknown_key_is_named_by_its_dotted_path(text: str, key: str) -> None:
     assert refusal(text) == f"params.yaml: unknown key '{key}'"
 
 

@@ -46,6 +46,11 @@ def ingest(layout: Layout, params: Params) -> None:
     merge_data.merge_data(layout, params)
 
 
+def read_merged(merged: Path) -> pd.DataFrame:
+    """Every training partition, in batch order, as one frame."""
+    return pd.concat([pd.read_parquet(p) for p in merge_data.partitions(merged)], ignore_index=True)
+
+
 def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
@@ -221,7 +226,7 @@ def test_merge_data_for_batch_3_holds_partitions_1_to_3_and_a_manifest(tmp_path:
         "batch-00003.parquet",
     ]
     assert read_json(layout.merged / "_manifest.json")["batches"] == 3
-    merged = merge_data.read_merged(layout.merged)
+    merged = read_merged(layout.merged)
     pd.testing.assert_frame_equal(merged, pd.read_parquet(layout.stream).iloc[:150].reset_index(drop=True))
     assert [read_json(layout.merged / f"batch-0000{n}.json")["batch"] for n in (1, 2, 3)] == [1, 2, 3]
 
@@ -262,7 +267,7 @@ def test_merge_data_discards_partitions_of_another_batch_size(tmp_path: Path) ->
     ingest(resized, synthetic_params(2, batch_size=25))
     ingest(fresh, synthetic_params(2, batch_size=25))
     assert folder_bytes(resized.merged) == folder_bytes(fresh.merged)
-    assert len(merge_data.read_merged(resized.merged)) == 50
+    assert len(read_merged(resized.merged)) == 50
 
 
 def test_merge_data_refuses_a_processed_batch_of_another_number(tmp_path: Path) -> None:

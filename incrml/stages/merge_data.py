@@ -24,8 +24,6 @@ from incrml.stages.get_data import file_md5, write_parquet
 from incrml.workspace import Layout
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from incrml.config import Params
 
 MANIFEST = "_manifest.json"
@@ -40,12 +38,6 @@ def partitions(merged: Path) -> list[Path]:
     """The training partitions named by the manifest, in batch order."""
     manifest = read_json(merged / MANIFEST)
     return [partition(merged, b, "parquet") for b in range(1, manifest["batches"] + 1)]
-
-
-def read_merged(merged: Path) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.concat([pd.read_parquet(p) for p in partitions(merged)], ignore_index=True)
 
 
 def read_training(merged: Path, features: list[str], target: str):
