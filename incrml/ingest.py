@@ -90,6 +90,7 @@ def reproduce_batch(
                     root, target, single, on_start=on_start, on_done=on_done, env=env, stop=stop.check
                 )
             except IncrmlError as exc:
+                stop.settle()
                 if params_path.read_bytes() != layout.params_backup.read_bytes():
                     os.replace(layout.params_backup, params_path)
                     stop.reset()
@@ -118,9 +119,11 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         self._saved = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        _subreaper(True)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _subreaper(False)  # the flag outlives the block otherwise (a test process calling this)
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
 
@@ -138,9 +141,36 @@ class StopSignals:
         if self._interrupts:
             raise Interrupted(self.signum)
 
+    def settle(self, timeout: float = 30) -> None:
+        """Wait for the processes of a stopped stage to finish their clean-up (ending the MLflow
+        run, removing temporary files) before anything is put back; kill what outlives `timeout`.
+
+        A stage command whose shell died of Ctrl-C is orphaned, not gone: as this process's
+        subreaper it is still found here."""
+        import psutil
+
+        from incrml.worker import zygotes
+
+        with suppress(psutil.Error):
+            mine = [p for p in psutil.Process().children(recursive=True) if p.pid not in zygotes()]
+            _, alive = psutil.wait_procs(mine, timeout=timeout)
+            for process in alive:
+                with suppress(psutil.Error):
+                    process.kill()
+
     def reset(self) -> None:
         """Let the put-back run; a second signal during it stops that too."""
         self._interrupts = 0
+
+
+def _subreaper(on: bool) -> None:
+    """While on, orphaned descendants (a stage whose shell died of a signal) become this
+    process's children, so settle() finds them (Linux; elsewhere nothing changes)."""
+    with suppress(OSError, AttributeError):
+        import ctypes
+
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
 
 
 def repair(layout: Layout, params: Params) -> None:

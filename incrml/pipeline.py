@@ -83,9 +83,9 @@ def reproduce(
         except DvcException as exc:
             stop()
             _raise_if_locked(exc)
-            status = _stage_exit_status(exc)
-            if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-                raise Interrupted(status - 128) from None
+            signum = _stopped_by(_stage_exit_status(exc))
+            if signum:
+                raise Interrupted(signum) from None
             said = _last_line(log)
             if current and said:
                 raise IncrmlError(f"stage {current[0]} failed: {said.removeprefix('Error: ')}") from None
@@ -178,6 +178,16 @@ def _stage_exit_status(exc: BaseException | None) -> int | None:
             return int(match.group(1))
         exc = exc.__cause__
     return None
+
+
+def _stopped_by(status: int | None) -> int | None:
+    """SIGINT or SIGTERM if a stage's exit status says it was stopped by one: 128 + the signal's
+    number from a stage that caught it, or minus it from a shell that died of it (dash, the usual
+    /bin/sh, does not hand its last command the process; when $SHELL is unset DVC runs /bin/sh)."""
+    if status is None:
+        return None
+    signum = -status if status < 0 else status - 128
+    return signum if signum in (signal.SIGINT, signal.SIGTERM) else None
 
 
 def _raise_if_locked(exc: Exception) -> None:

@@ -65,6 +65,14 @@ ZYGOTES = {
 }
 
 
+_running: set[int] = set()  # the zygotes this process started
+
+
+def zygotes() -> frozenset[int]:
+    """The pids of the zygotes this process runs (none outside warm_worker)."""
+    return frozenset(_running)
+
+
 @contextmanager
 def warm_worker() -> Iterator[dict[str, str]]:
     """Run the zygotes for the duration of the block; yields the environment that points stages
@@ -77,10 +85,12 @@ def warm_worker() -> Iterator[dict[str, str]]:
     try:
         for name, preload in ZYGOTES.items():
             pids.append(_start_zygote(os.path.join(folder, name), preload))
+            _running.add(pids[-1])
         yield {WORKER_ENV: folder}
     finally:
         # DVC is done, so no stage is being served: end the zygotes now, even mid-import.
         for pid in pids:
+            _running.discard(pid)
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             with suppress(ChildProcessError):

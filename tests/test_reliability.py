@@ -80,12 +80,16 @@ def test_second_ingest_waits_then_reports_busy(ingested):
 
 
 @pytest.mark.parametrize(
-    ("signum", "to_group", "code"),
-    [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
-    ids=["ctrl-c to the process group", "sigterm to the cli"],
+    ("signum", "to_group", "shell", "code"),
+    [(signal.SIGINT, True, "/bin/sh", 130), (signal.SIGINT, True, "/bin/bash", 130), (signal.SIGTERM, False, "/bin/sh", 143)],
+    # DVC runs stage commands with $SHELL, else /bin/sh: bash hands its one command the process,
+    # dash (Debian's /bin/sh) stays as its parent and dies of Ctrl-C at once, orphaning it.
+    ids=["ctrl-c to the process group, sh", "ctrl-c to the process group, bash", "sigterm to the cli"],
 )
-def test_signal_during_a_stage_stops_it_and_puts_the_workspace_back(ingested, signum, to_group, code):
-    proc = incrml(ingested, "ingest-batch", "3")
+def test_signal_during_a_stage_stops_it_and_puts_the_workspace_back(ingested, signum, to_group, shell, code):
+    if not Path(shell).exists():
+        pytest.skip(f"{shell} is not installed")
+    proc = incrml(ingested, "ingest-batch", "3", env={"SHELL": shell})
     wait_for(lambda: evaluate_running(ingested), what="evaluate to open its MLflow run")
     (os.killpg(proc.pid, signum) if to_group else os.kill(proc.pid, signum))
     started = time.monotonic()
