@@ -167,7 +167,14 @@ def ingest_batch(
 
 
 @app.command(context_settings=_NUMERIC_ARGS)
-def compare(first: BatchArg, second: BatchArg, as_json: JsonOpt = False) -> None:
+def compare(
+    first: BatchArg,
+    second: BatchArg,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", metavar="FILE", help="Also write the learning curve, A and B ringed, as a PNG.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Two batches side by side from MLflow: metrics, deltas, params that differ, lineage."""
     from incrml.config import load_params
     from incrml.ingest import parse_batch
@@ -175,13 +182,68 @@ def compare(first: BatchArg, second: BatchArg, as_json: JsonOpt = False) -> None
 
     a, b = parse_batch(first), parse_batch(second)
     root = _root()
-    data = compare_data(root, load_params(root), a, b)
+    params = load_params(root)
+    data = compare_data(root, params, a, b)
+    if plot is not None:
+        from incrml.report import write_plot
+
+        data["plot"] = str(write_plot(root, params, plot, highlight=(a, b)))
     if as_json:
         print(json.dumps(data, indent=2))
         return
     console.print(render_compare(data))
     for note in data["notes"]:
         console.print(f"[yellow]note:[/] {note}")
+    if plot is not None:
+        console.print(f"Learning curve written to {data['plot']}")
+
+
+@app.command(context_settings=_NUMERIC_ARGS)
+def promote(batch: BatchArg, wait: WaitOpt = 5.0) -> None:
+    """Make batch N's model the champion by hand, whatever the gate decided."""
+    from incrml.champion import promote as promote_batch
+    from incrml.ingest import parse_batch
+
+    done = promote_batch(_root(), parse_batch(batch), wait)
+    before = f" (was v{done['previous_champion']})" if done["previous_champion"] else ""
+    console.print(f"Champion: v{done['model_version']}, the model of batch {done['batch']}{before}")
+
+
+@app.command(context_settings=_NUMERIC_ARGS)
+def rollback(batch: BatchArg, as_json: JsonOpt = False, wait: WaitOpt = 5.0) -> None:
+    """Return the workspace to batch N: params, data, model and metrics restored from DVC's
+    cache, and the champion alias on batch N's model."""
+    from incrml.champion import rollback as rollback_to
+    from incrml.ingest import parse_batch
+
+    number = parse_batch(batch)
+    display, progress, _ = _progress(show=not as_json)
+    with display:
+        done = rollback_to(_root(), number, progress=progress, wait=wait)
+    if as_json:
+        print(json.dumps(done, indent=2))
+        return
+    console.print(f"Workspace at batch {done['batch']}; champion: v{done['model_version']}")
+    if done["retrained"]:
+        console.print(f"[yellow]note:[/] DVC's cache no longer held batch {number}: {', '.join(done['retrained'])} ran again")
+
+
+@app.command(context_settings=_NUMERIC_ARGS)
+def lineage(batch: BatchArg, as_json: JsonOpt = False) -> None:
+    """Batch N's lineage: DVC hashes, MLflow run, dataset digest, model version, aliases, checked."""
+    from incrml.config import load_params
+    from incrml.ingest import parse_batch
+    from incrml.report import lineage_data, render_lineage
+
+    root = _root()
+    data = lineage_data(root, load_params(root), parse_batch(batch))
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        console.print(render_lineage(data))
+    if not data["ok"]:
+        failed = "; ".join(c["check"] for c in data["checks"] if not c["ok"])
+        raise IncrmlError(f"lineage of batch {data['batch']} does not hold: not so that {failed}")
 
 
 @app.command()
@@ -194,6 +256,40 @@ def status(as_json: JsonOpt = False) -> None:
         print(json.dumps(data, indent=2))
     else:
         console.print(render_status(data))
+
+
+@app.command()
+def predict(
+    file: Annotated[
+        Path,
+        typer.Option(
+            "--file", metavar="PATH", show_default=False,
+            help="The rows to score: a .csv or .parquet file with the model's feature columns. Other columns "
+            "(the target column among them) are allowed, ignored by the model and kept in --out.",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="PATH", help="Write the rows plus a 'prediction' column to this .csv or .parquet file."),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", metavar="champion|vN", help="The registered model version: the champion alias, or v3 (or 3).")
+    ] = "champion",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the data as JSON (with the predictions, without --out) instead of a summary.")
+    ] = False,
+) -> None:
+    """Score a CSV or Parquet file with a registered model version from this workspace's MLflow
+    store, after checking its columns against the version's signature."""
+    from incrml.config import load_params
+    from incrml.predict import predict_file, render_predictions
+
+    root = _root()
+    data = predict_file(root, load_params(root), file, model=model, out=out)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        console.print(render_predictions(data))
 
 
 @app.command()

@@ -59,6 +59,20 @@ class DataParams(_Model):
     batch_size: int = Field(default=50, gt=0)
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     seed: int = 42
+    # Batches kept out of the merged history, so out of training; the drift gate adds refused ones.
+    exclude: list[Annotated[int, Field(ge=1)]] = []
+
+
+class DriftParams(_Model):
+    """The drift check of each new batch against the merged history (incrml.drift)."""
+
+    gate: Literal["off", "warn", "refuse"] = "warn"
+    psi_threshold: float = Field(default=0.2, gt=0)
+    p_value: float = Field(default=0.01, gt=0, lt=1)
+    # The share of drifted features from which the batch counts as drifted.
+    max_share: float = Field(default=0.3, gt=0, le=1)
+    # At most this many history rows are compared, so the check costs what the batch costs.
+    history_rows: int = Field(default=20_000, gt=0)
 
 
 class PreprocessParams(_Model):
@@ -108,6 +122,16 @@ MetricName = Literal["accuracy", "balanced_accuracy", "f1_macro", "precision_mac
 
 class EvaluateParams(_Model):
     metrics: list[MetricName] = ["accuracy", "f1_macro"]
+    # The champion gate: a new model becomes champion only if this metric is at least as good
+    # as the champion's on the same holdout, less the tolerance.
+    primary_metric: MetricName = "accuracy"
+    tolerance: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _primary_is_scored(self) -> "EvaluateParams":
+        if self.primary_metric not in self.metrics:
+            raise ValueError(f"primary_metric '{self.primary_metric}' must be one of metrics {self.metrics}")
+        return self
 
 
 class MlflowParams(_Model):
@@ -121,6 +145,7 @@ class MlflowParams(_Model):
 class Params(_Model):
     batch_number: int = Field(ge=1)
     data: DataParams = DataParams()
+    drift: DriftParams = DriftParams()
     preprocess: PreprocessParams = PreprocessParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
@@ -138,6 +163,8 @@ def _describe(exc: ValidationError) -> str:
         return f"unknown key '{loc}'"
     if err["type"] == "missing":
         return f"missing key '{loc}'"
+    if err["type"] == "value_error":  # our own validators' messages, as written
+        return f"'{loc}': {err['ctx']['error']}"
     return f"'{loc}': {err['msg'].lower()}"
 
 
@@ -191,6 +218,75 @@ def write_batch_number(root: Path, batch: int) -> bool:
     parse_params(new_text, str(path))
     atomic_write_text(path, new_text)
     return True
+
+
+_EXCLUDE_LINE = re.compile(r"^([ \t]*exclude:[ \t]*)\[[^\]#\r\n]*\]([ \t]*(#[^\r\n]*)?)$")
+
+
+def add_excluded_batch(root: Path, batch: int) -> bool:
+    """Add `batch` to data.exclude in params.yaml, changing nothing else. True if it changed.
+
+    The one line `exclude: [...]` is rewritten in place (or added under `data:`), so comments,
+    key order and style stay; an unusual layout falls back to a round trip through ruamel.yaml.
+    The result is checked to differ from the old params in data.exclude alone, then written atomically.
+    """
+    path = root / PARAMS_FILE
+    text = path.read_text()
+    old = parse_params(text, str(path))
+    if batch in old.data.exclude:
+        return False
+    batches = sorted({*old.data.exclude, batch})
+    new_text = _set_exclude_line(text, batches) or _set_exclude_round_trip(text, batches)
+    expected = old.model_copy(update={"data": old.data.model_copy(update={"exclude": batches})})
+    if parse_params(new_text, str(path)) != expected:
+        raise IncrmlError(f"{path}: cannot add batch {batch} to data.exclude without changing other keys")
+    atomic_write_text(path, new_text)
+    return True
+
+
+def _set_exclude_line(text: str, batches: list[int]) -> str | None:
+    """The text with data.exclude set by editing one line, or None if its layout is not the usual one."""
+    from ruamel.yaml import YAML
+
+    doc = YAML().load(text)
+    data = doc.get("data") if isinstance(doc, dict) else None
+    lines = text.splitlines(keepends=True)
+    value = f"[{', '.join(map(str, batches))}]"
+    if isinstance(data, dict) and "exclude" in data:
+        number = data.lc.key("exclude")[0]
+        line = lines[number].rstrip("\r\n")
+        match = _EXCLUDE_LINE.match(line)
+        if not match:
+            return None
+        lines[number] = f"{match.group(1)}{value}{match.group(2)}{lines[number][len(line):]}"
+        return "".join(lines)
+    if isinstance(data, dict) and data and data.fa.flow_style() is False:
+        number, column = doc.lc.key("data")[0] + 1, data.lc.key(next(iter(data)))[1]
+        newline = "\r\n" if lines[number - 1].endswith("\r\n") else "\n"
+        lines.insert(number, f"{' ' * column}exclude: {value}{newline}")  # the first key under `data:`
+        return "".join(lines)
+    if "data" not in doc:
+        return text + ("" if text.endswith("\n") else "\n") + f"data:\n  exclude: {value}\n"
+    return None
+
+
+def _set_exclude_round_trip(text: str, batches: list[int]) -> str:
+    import io
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedSeq
+
+    yaml = YAML()
+    yaml.width = 4096
+    doc = yaml.load(text)
+    if not isinstance(doc.get("data"), dict):
+        doc["data"] = {}
+    seq = CommentedSeq(batches)
+    seq.fa.set_flow_style()
+    doc["data"]["exclude"] = seq
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    return out.getvalue()
 
 
 def tracking_uri(params: Params, root: Path) -> str:

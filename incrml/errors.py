@@ -28,3 +28,9 @@ class Interrupted(IncrmlError):
         name = signal.Signals(signum).name
         super().__init__(f"interrupted by {name}; the workspace is back at the batch it was on")
         self.exit_code = 128 + signum
+
+
+class DriftRefused(IncrmlError):
+    """The drift gate (drift.gate: refuse) refused the batch: it drifted from the merged history."""
+
+    exit_code = 65  # EX_DATAERR: the stage's exit status too, which incrml maps back to this

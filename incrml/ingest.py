@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
 from incrml import pipeline
-from incrml.config import PARAMS_FILE, Params, load_params, write_batch_number
-from incrml.errors import IncrmlError, Interrupted
+from incrml.config import PARAMS_FILE, Params, add_excluded_batch, load_params, write_batch_number
+from incrml.errors import DriftRefused, IncrmlError, Interrupted
 from incrml.lock import workspace_lock
 from incrml.files import read_json
 from incrml.pipeline import StageResult
@@ -64,6 +65,7 @@ def reproduce_batch(
     progress: Progress | None = None,
     wait: float = 5.0,
     command: str = "ingest-batch",
+    warn: Callable[[str], None] | None = None,
 ) -> list[StageResult]:
     """Set batch_number to `batch` and reproduce (the whole graph, or one stage like `dvc repro -s`).
 
@@ -71,6 +73,8 @@ def reproduce_batch(
     tracking server, is refused before anything changes. If reproduction fails or is stopped by
     SIGINT or SIGTERM, the old params.yaml is put back and the pipeline reproduced for it again
     (from DVC's cache), so params.yaml and dvc.lock agree and the next ingest starts clean.
+    A batch the drift gate refuses is not a failure: it is added to data.exclude and the
+    pipeline reproduced again, and `warn` (by default a `Warning:` line on stderr) says so.
     """
     with workspace_lock(root, command, wait):
         layout = Layout(root)
@@ -86,8 +90,8 @@ def reproduce_batch(
         with warm_worker() as env, StopSignals() as stop:
             write_batch_number(root, batch)
             try:
-                return pipeline.reproduce(
-                    root, target, single, on_start=on_start, on_done=on_done, env=env, stop=stop.check
+                return _reproduce_gated(
+                    root, batch, target, (on_start, on_done), env, stop, warn or _warn_on_stderr
                 )
             except IncrmlError as exc:
                 stop.settle()
@@ -103,6 +107,67 @@ def reproduce_batch(
                 raise
             finally:
                 layout.params_backup.unlink(missing_ok=True)
+
+
+def _warn_on_stderr(message: str) -> None:
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+def _reproduce_gated(
+    root: Path,
+    batch: int,
+    target: str | None,
+    progress: Progress,
+    env: dict[str, str],
+    stop: StopSignals,
+    warn: Callable[[str], None],
+) -> list[StageResult]:
+    """Reproduce; if the drift gate refuses the batch, add it to data.exclude and reproduce again,
+    so the workspace ends at `batch` with the batch kept out of the history, as `dvc repro` with
+    those params would leave it. A refused or drifted batch is reported through `warn`."""
+    from incrml import drift
+
+    on_start, on_done = progress
+    results: list[StageResult] = []
+
+    def done(result: StageResult) -> None:
+        results.append(result)
+        on_done(result)
+
+    layout, single = Layout(root), target is not None
+    try:
+        pipeline.reproduce(root, target, single, on_start=on_start, on_done=done, env=env, stop=stop.check)
+    except DriftRefused as refused:
+        stop.check()
+        add_excluded_batch(root, batch)
+        shown = {r.stage for r in results}  # the second pass reports only what it changes
+
+        def start_again(stage: str) -> None:
+            if stage not in shown:
+                on_start(stage)
+
+        def done_again(result: StageResult) -> None:
+            if result.stage not in shown or result.outcome != "unchanged":
+                done(result)
+
+        pipeline.reproduce(root, target, single, on_start=start_again, on_done=done_again, env=env, stop=stop.check)
+        report = _drift_report(layout, batch)
+        said = drift.summary(report) if report else str(refused)
+        warn(f"batch {batch} refused: {said}; it is kept out of the history by data.exclude in params.yaml")
+        return results
+    report = _drift_report(layout, batch)
+    merged = any(r.stage == "merge_data" and r.outcome != "unchanged" for r in results)
+    if merged and report and report["decision"] == "warn":
+        warn(f"batch {batch} drifted: {drift.summary(report)}; taken into the history (drift.gate: warn)")
+    return results
+
+
+def _drift_report(layout: Layout, batch: int) -> dict | None:
+    """metrics/drift.json if it is there and describes `batch`."""
+    if not layout.drift.exists():
+        return None
+    report = read_json(layout.drift)
+    return report if isinstance(report, dict) and report.get("batch") == batch else None
 
 
 class StopSignals:

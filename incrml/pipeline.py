@@ -11,7 +11,7 @@ from contextlib import chdir, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from incrml.errors import BusyError, IncrmlError, Interrupted
+from incrml.errors import BusyError, DriftRefused, IncrmlError, Interrupted
 
 STAGES = ("get_data", "prepare_batch", "merge_data", "preprocess", "train", "evaluate")
 
@@ -83,10 +83,13 @@ def reproduce(
         except DvcException as exc:
             stop()
             _raise_if_locked(exc)
-            signum = _stopped_by(_stage_exit_status(exc))
+            status = _stage_exit_status(exc)
+            signum = _stopped_by(status)
             if signum:
                 raise Interrupted(signum) from None
             said = _last_line(log)
+            if current and status == DriftRefused.exit_code:  # the drift gate refused the batch
+                raise DriftRefused(said.removeprefix("Error: ")) from None
             if current and said:
                 raise IncrmlError(f"stage {current[0]} failed: {said.removeprefix('Error: ')}") from None
             raise IncrmlError(_dvc_message(exc)) from None
@@ -243,3 +246,11 @@ def lock_hashes(root: Path, stage: str) -> dict[str, str]:
         return {}
     entry = (YAML(typ="safe").load(lock.read_text()) or {}).get("stages", {}).get(stage, {})
     return {item["path"]: item.get("md5", "") for item in [*entry.get("deps", []), *entry.get("outs", [])]}
+
+
+def in_cache(root: Path, md5: str) -> bool:
+    """Whether DVC's local cache holds the object (a file, or a folder's .dir listing)."""
+    from dvc.repo import Repo
+
+    with _QuietDvc(), Repo(os.fspath(root)) as repo:
+        return repo.cache.local.exists(md5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -24,7 +25,7 @@ def history_data(root: Path, params: Params) -> dict:
     names = list(params.evaluate.metrics)
     rows, previous = [], None
     for entry in journal:
-        row = {k: entry.get(k) for k in ("batch", "training_rows", "run_id", "model_version")}
+        row = {k: entry.get(k) for k in ("batch", "training_rows", "run_id", "model_version", "gate", "gate_reason", "champion", "drift")}
         for name in names:
             value = entry.get(name)
             before = previous.get(name) if previous else None
@@ -49,27 +50,48 @@ def _fmt(value) -> str:
 
 
 def render_history(data: dict) -> Table:
-    table = Table(title="Batches in MLflow", title_justify="left")
+    table = Table(title="Batches in MLflow", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     table.add_column("batch", justify="right")
     table.add_column("rows", justify="right")
     for name in data["metrics"]:
         table.add_column(name, justify="right")
         table.add_column("Δ", justify="right")
     table.add_column("model", justify="right")
+    table.add_column("drift")
+    table.add_column("gate")
     for row in data["batches"]:
         marker = " ◀" if row["batch"] == data["current_batch"] else ""
         cells: list = [f"{row['batch']}{marker}", _fmt(row["training_rows"])]
         for name in data["metrics"]:
             cells += [_fmt(row[name]), _delta(row[f"{name}_delta"])]
-        cells.append(f"v{row['model_version']}" if row["model_version"] else "-")
+        version = f"v{row['model_version']}" if row["model_version"] else "-"
+        cells.append(Text(f"{version} ★", style="bold") if row.get("champion") else version)
+        cells.append(_drift(row.get("drift")))
+        cells.append(_gate(row.get("gate")))
         table.add_row(*cells)
+        if row["batch"] == data["current_batch"] and row.get("gate_reason"):
+            table.caption = f"batch {row['batch']}: {row['gate']}, {row['gate_reason']}"
+    table.caption_justify = "left"
     return table
 
 
-def compare_data(root: Path, params: Params, first: int, second: int) -> dict:
-    from incrml.tracking import batch_runs
+def _drift(summary: str | None) -> Text:
+    if not summary or summary == "none":  # none: no history to compare with (batch 1)
+        return Text("-", style="dim")
+    styles = {"ok": "green", "warn": "yellow", "refused": "red", "excluded": "red"}
+    return Text(summary, style=styles.get(summary.split()[0], "dim"))
 
-    runs = batch_runs(root, params)
+
+def _gate(summary: str | None) -> Text:
+    if not summary:
+        return Text("-", style="dim")
+    return Text(summary, style="green" if summary == "promoted" else "yellow")
+
+
+def compare_data(root: Path, params: Params, first: int, second: int) -> dict:
+    from incrml.tracking import batch_runs, champion_version
+
+    runs, champion = batch_runs(root, params), champion_version(root, params)
     for batch in (first, second):
         if batch not in runs:
             have = ", ".join(map(str, runs)) or "none"
@@ -96,6 +118,8 @@ def compare_data(root: Path, params: Params, first: int, second: int) -> dict:
         "data_md5": run.data_md5,
         "run_id": run.run_id,
         "model_version": run.model_version,
+        "champion": run.model_version is not None and run.model_version == champion,
+        "gate": run.gate,
         "runs": run.runs,
     }
     return {"a": side(a), "b": side(b), "metrics": metrics, "params_differ": differ, "notes": notes}
@@ -113,7 +137,8 @@ def render_compare(data: dict) -> Table:
     rows_delta = None if a["rows"] is None or b["rows"] is None else b["rows"] - a["rows"]
     table.add_row("training rows", _fmt(a["rows"]), _fmt(b["rows"]), f"{rows_delta:+d}" if rows_delta is not None else "")
     table.add_section()
-    for label, key in (("data md5", "data_md5"), ("MLflow run", "run_id"), ("model version", "model_version")):
+    for label, key in (("data md5", "data_md5"), ("MLflow run", "run_id"), ("model version", "model_version"),
+                       ("champion", "champion"), ("gate", "gate")):
         table.add_row(label, _fmt(a[key]), _fmt(b[key]), "")
     if data["params_differ"]:
         table.add_section()
@@ -130,10 +155,12 @@ def status_data(root: Path) -> dict:
     layout = Layout(root)
     history = read_json(layout.history) if layout.history.exists() else []
     stale = stale_stages(root)
+    champion = next((row for row in history if row.get("champion")), None)
     return {
         "workspace": str(root),
         "batch_number": params.batch_number,
         "batches_ingested": [row["batch"] for row in history],
+        "champion": {"model_version": champion["model_version"], "batch": champion["batch"]} if champion else None,
         "up_to_date": not stale,
         "stale_stages": stale,
         "metrics": read_json(layout.metrics) if layout.metrics.exists() else {},
@@ -156,5 +183,75 @@ def render_status(data: dict) -> Table:
         table.add_row("pipeline", Text(f"stale: {stale}", style="yellow"))
     metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in data["metrics"].items())
     table.add_row("latest metrics", metrics or "none yet")
+    champion = data["champion"]
+    table.add_row("champion", f"v{champion['model_version']} (batch {champion['batch']})" if champion else "none yet")
     table.add_row("tracking URI", data["tracking_uri"])
     return table
+
+
+def lineage_data(root: Path, params: Params, batch: int) -> dict:
+    """batch -> DVC hashes -> MLflow run -> dataset digest -> model version -> aliases, and checks
+    that each link agrees with the next and with what DVC holds."""
+    from incrml.pipeline import in_cache, lock_hashes
+    from incrml.tracking import batch_runs, run_lineage
+
+    runs = batch_runs(root, params)
+    if batch not in runs:
+        have = ", ".join(map(str, runs)) or "none"
+        raise IncrmlError(f"batch {batch} has no finished MLflow run (batches ingested: {have})")
+    found = run_lineage(root, params, runs[batch].run_id)
+    data_md5, model_md5 = found["data_md5"], found["dvc"].get("models/model.pkl")
+    checks = [
+        ("the model version records the run's data hash", found["model_data_md5"] == data_md5),
+        ("the run's dataset digest is that data hash",
+         any(data_md5 and data_md5.removesuffix(".dir").startswith(d["digest"]) for d in found["datasets"])),
+        ("DVC's cache holds the training data", bool(data_md5) and in_cache(root, data_md5)),
+        ("DVC's cache holds the model file", bool(model_md5) and in_cache(root, model_md5)),
+    ]
+    current = batch == params.batch_number
+    if current:
+        now = lock_hashes(root, "train")
+        checks.append(("dvc.lock holds this data and model now",
+                       now.get("data/merged") == data_md5 and now.get("models/model.pkl") == model_md5))
+    return {
+        "batch": batch,
+        "current": current,
+        **found,
+        "checks": [{"check": text, "ok": ok} for text, ok in checks],
+        "ok": all(ok for _, ok in checks),
+    }
+
+
+def render_lineage(data: dict) -> Table:
+    title = f"Lineage of batch {data['batch']}" + (" (the current batch)" if data["current"] else "")
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("batch", str(data["batch"]))
+    for path, md5 in data["dvc"].items():
+        table.add_row(f"dvc {path}", md5)
+    table.add_row("MLflow run", f"{data['run_id']} ({data['status']})")
+    for dataset in data["datasets"]:
+        table.add_row("dataset", f"{dataset['name']} digest {dataset['digest']}")
+    aliases = f" ({', '.join(data['aliases'])})" if data["aliases"] else ""
+    table.add_row("model version", f"v{data['model_version']}{aliases}" if data["model_version"] else "-")
+    table.add_section()
+    for check in data["checks"]:
+        mark = Text("✓", style="green") if check["ok"] else Text("✗", style="red")
+        table.add_row(mark, check["check"])
+    return table
+
+
+def write_plot(root: Path, params: Params, path: Path, highlight: tuple[int, ...] = ()) -> Path:
+    """The learning curve from MLflow as a PNG at `path` (atomically), given batches ringed."""
+    from incrml import journal
+    from incrml.files import atomic_write
+    from incrml.tracking import batch_runs, champion_version
+
+    if path.suffix.lower() != ".png":
+        raise IncrmlError(f"--plot writes a PNG; give a FILE ending in .png, not '{path.name}'")
+    names = list(params.evaluate.metrics)
+    history = journal.rows(batch_runs(root, params), champion_version(root, params), names)
+    target = path.resolve()
+    atomic_write(target, lambda tmp: journal.plot(history, names, tmp, highlight))
+    return target

@@ -18,6 +18,11 @@ from incrml.workspace import Layout
 BATCH_TAG = "incrml.batch"
 DATA_TAG = "incrml.data_md5"
 MODEL_VERSION_TAG = "incrml.model_version"
+MODEL_MD5_TAG = "incrml.model_md5"
+HOLDOUT_TAG = "incrml.holdout_md5"
+GATE_TAG = "incrml.gate"
+GATE_REASON_TAG = "incrml.gate_reason"
+DRIFT_TAG = "incrml.drift"
 # Pinned here so log_model never spawns MLflow's slow requirement inference.
 MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")
 
@@ -114,9 +119,14 @@ def log_batch_run(
     model,
     sample,
     lineage: dict[str, str],
+    holdout_md5: str,
+    rescore,
+    drift: dict,
     write_outputs,
 ) -> dict:
-    """Log one batch's run and register its model; `write_outputs(record)` runs inside the run.
+    """Log one batch's run, register its model and pass it through the champion gate;
+    `write_outputs(record)` runs inside the run and returns files to log as artifacts. `rescore(model)` scores a model on the holdout,
+    for a champion that was measured on another one.
 
     A failure ends the run FAILED, Ctrl-C or SIGTERM ends it KILLED, and while it runs a marker
     names it and its process, so one killed outright is ended by the next command (ingest.repair).
@@ -132,6 +142,9 @@ def log_batch_run(
             write_json(marker, {"run_id": run.info.run_id, "pid": os.getpid()})
             try:
                 version = _log_run(client, params, root, metrics, training_rows, model, sample, lineage)
+                mlflow.set_tag(HOLDOUT_TAG, holdout_md5)
+                _log_drift(drift)
+                decision = _gate(client, params, root, version, metrics, holdout_md5, rescore)
                 record = {
                     "batch": params.batch_number,
                     "run_id": run.info.run_id,
@@ -139,8 +152,10 @@ def log_batch_run(
                     "registered_model": params.mlflow.registered_model,
                     "model_version": version,
                     "data": lineage,
+                    "gate": decision.as_dict(),
                 }
-                write_outputs(record)
+                for artifact in write_outputs(record):
+                    mlflow.log_artifact(str(artifact))
             except KeyboardInterrupt:  # stopped, not broken
                 mlflow.end_run("KILLED")
                 raise
@@ -170,6 +185,13 @@ def _log_run(client, params: Params, root: Path, metrics, training_rows: int, mo
         schema=Schema([ColSpec("double", c) for c in sample.columns]),
     )
     mlflow.log_input(dataset, context="training")
+    name, model_md5 = params.mlflow.registered_model, lineage["models/model.pkl"]
+    # A model already registered (a batch kept out by the drift gate trains nothing new) keeps its version.
+    same = client.search_model_versions(f"name = '{name}' and tags.`{MODEL_MD5_TAG}` = '{model_md5}'")
+    if same:
+        version = str(min(int(v.version) for v in same))
+        mlflow.set_tag(MODEL_VERSION_TAG, version)
+        return version
     info = mlflow.sklearn.log_model(
         sk_model=model,
         name="model",
@@ -184,7 +206,60 @@ def _log_run(client, params: Params, root: Path, metrics, training_rows: int, mo
     mlflow.set_tag(MODEL_VERSION_TAG, version)
     client.set_model_version_tag(params.mlflow.registered_model, version, BATCH_TAG, str(batch))
     client.set_model_version_tag(params.mlflow.registered_model, version, DATA_TAG, data_md5)
+    client.set_model_version_tag(params.mlflow.registered_model, version, MODEL_MD5_TAG, model_md5)
     return version
+
+
+def drift_summary(report: dict) -> str:
+    """The drift check in a few words: its decision, and the share of features that drifted."""
+    share = report.get("share_drifted")
+    return report["decision"] + (f" {share:.0%}" if share is not None and report["decision"] != "none" else "")
+
+
+def _log_drift(report: dict) -> None:
+    """merge_data's drift check of this batch (metrics/drift.json) as metrics and a tag."""
+    import mlflow
+
+    values = {"drift_share": report.get("share_drifted"), "drift_label_tv_distance": report["label"].get("tv_distance"),
+              "drift_label_p_value": report["label"].get("p_value")}
+    mlflow.log_metrics({k: v for k, v in values.items() if v is not None})
+    mlflow.set_tag(DRIFT_TAG, drift_summary(report))
+
+
+def _gate(client, params: Params, root: Path, version: str, metrics: dict[str, float], holdout_md5: str, rescore):
+    """Challenger `version` against the champion on this holdout; the alias moves if it wins.
+    The decision and both numbers are logged to the active run."""
+    import mlflow
+
+    from incrml.gate import CHAMPION, decide
+
+    name, metric = params.mlflow.registered_model, params.evaluate.primary_metric
+    champion = _alias_version(client, name, CHAMPION)
+    held_by = str(champion.version) if champion is not None else None  # an int from MLflow here
+    same, value = held_by == version, None
+    if champion is not None and not same:
+        champion_run = client.get_run(champion.run_id)
+        value = champion_run.data.metrics.get(metric)
+        if champion_run.data.tags.get(HOLDOUT_TAG) != holdout_md5 or value is None:
+            # measured on another holdout: score it on this one
+            value = rescore(load_registered_model(root, params, version=held_by).model)[metric]
+    decision = decide(metric, metrics[metric], value, held_by, params.evaluate.tolerance, same_model=same)
+    if decision.promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    mlflow.set_tags({GATE_TAG: decision.summary, GATE_REASON_TAG: decision.reason})
+    if decision.champion is not None:
+        mlflow.log_metric(f"champion_{metric}", decision.champion)
+    return decision
+
+
+def _alias_version(client, name: str, alias: str):
+    """The model version an alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
 
 
 # The non-default types in incrml's models that skops may load.
@@ -202,6 +277,9 @@ class BatchRun:
     params: dict[str, str]
     data_md5: str
     model_version: str | None
+    gate: str | None = None
+    gate_reason: str | None = None
+    drift: str | None = None
     runs: int = 1
     older_run_ids: list[str] = field(default_factory=list)
 
@@ -241,6 +319,156 @@ def batch_runs(root: Path, params: Params) -> dict[int, BatchRun]:
             params=dict(run.data.params),
             data_md5=run.data.tags.get(DATA_TAG, ""),
             model_version=run.data.tags.get(MODEL_VERSION_TAG),
+            gate=run.data.tags.get(GATE_TAG),
+            gate_reason=run.data.tags.get(GATE_REASON_TAG),
+            drift=run.data.tags.get(DRIFT_TAG),
         )
     return dict(sorted(found.items()))
 
+
+def set_champion(root: Path, params: Params, version: str, why: str) -> str | None:
+    """Point the `champion` alias at `version` (a promote or rollback by hand); the version it
+    pointed at before. The version is tagged with why."""
+    from incrml.gate import CHAMPION
+
+    name = params.mlflow.registered_model
+    with _store(params, root) as client:
+        before = _alias_version(client, name, CHAMPION)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(name, version, "incrml.champion_by", why)
+    return str(before.version) if before is not None else None
+
+
+def run_lineage(root: Path, params: Params, run_id: str) -> dict:
+    """What MLflow holds of one run's lineage: its status, DVC hashes, dataset and model version."""
+    name = params.mlflow.registered_model
+    with _store(params, root) as client:
+        run = client.get_run(run_id)
+        tags = run.data.tags
+        version = tags.get(MODEL_VERSION_TAG)
+        model = client.get_model_version(name, version) if version else None
+    datasets = [
+        {"name": d.dataset.name, "digest": d.dataset.digest}
+        for d in (run.inputs.dataset_inputs if run.inputs else [])
+    ]
+    return {
+        "run_id": run_id,
+        "status": run.info.status,
+        "data_md5": tags.get(DATA_TAG),
+        "dvc": {k.removeprefix("dvc."): v for k, v in sorted(tags.items()) if k.startswith("dvc.")},
+        "datasets": datasets,
+        "model_version": version,
+        "model_data_md5": model.tags.get(DATA_TAG) if model else None,
+        "model_md5": model.tags.get(MODEL_MD5_TAG) if model else None,
+        "aliases": sorted(model.aliases) if model else [],
+    }
+
+
+def champion_version(root: Path, params: Params) -> str | None:
+    """The model version the `champion` alias points at, or None."""
+    from incrml.gate import CHAMPION
+
+    with _store(params, root) as client:
+        version = _alias_version(client, params.mlflow.registered_model, CHAMPION)
+    return str(version.version) if version is not None else None
+
+
+@dataclass
+class LoadedModel:
+    """A registered model version loaded from the workspace's own store, and what it expects."""
+
+    name: str
+    version: str
+    batch: int | None  # the batch it was trained for (its incrml.batch tag)
+    inputs: list[tuple[str, str]]  # its signature's input columns and their MLflow types
+    model: object  # the scikit-learn Pipeline that takes the raw feature columns
+
+
+def _local_path(uri: str) -> Path | None:
+    """The folder a file: URI or a plain path names; None for a remote location."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)).resolve() if parsed.scheme in ("", "file") else None
+
+
+def _within(location: str, home: str | None) -> bool:
+    """Whether artifact `location` lies under the experiment's artifact location `home`."""
+    if home is None:
+        return False
+    inner, outer = _local_path(location), _local_path(home)
+    if inner is not None and outer is not None:
+        return inner.is_relative_to(outer)
+    return location.startswith(home + "/")
+
+
+def load_registered_model(
+    root: Path, params: Params, *, version: str | None = None, alias: str | None = None
+) -> LoadedModel:
+    """Version `version`, or the one `alias` points at, of the registered model, loaded from the
+    workspace's store only.
+
+    No models:/ URI: MLflow resolves those against its global registry URI whatever tracking URI
+    is passed, so a client bound to the store finds the version and the location of its files;
+    those must lie in the workspace's experiment and be skops-serialised with incrml's trusted
+    types (a pickle is never loaded).
+    """
+    import tempfile
+
+    name, uri = params.mlflow.registered_model, tracking_uri(params, root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise IncrmlError(f"no model registered yet ({uri} does not exist): ingest a batch first")
+    with _store(params, root) as client:
+        from mlflow.exceptions import MlflowException
+
+        numbers = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        held = ", ".join(f"v{n}" for n in numbers)
+        if not numbers:
+            raise IncrmlError(f"no version of model '{name}' is registered yet: ingest a batch first")
+        if alias is not None:
+            try:
+                version = client.get_model_version_by_alias(name, alias).version
+            except MlflowException:
+                raise IncrmlError(
+                    f"no {alias} yet for model '{name}': ingest a batch, or `incrml promote N`, "
+                    f"or name a version with --model vN ({held})"
+                ) from None
+        if version is None or int(version) not in numbers:
+            raise IncrmlError(f"model '{name}' has no version {version}; its versions: {held}")
+        version = str(int(version))
+        found = client.get_model_version(name, version)
+        location = client.get_model_version_download_uri(name, version)
+        experiment = client.get_experiment_by_name(params.mlflow.experiment)
+        home = experiment.artifact_location.rstrip("/") if experiment else None
+
+        if not _within(location, home):
+            raise IncrmlError(
+                f"model '{name}' v{version} is stored at {location}, outside this workspace's experiment "
+                f"'{params.mlflow.experiment}' ({home}); refusing to load it"
+            )
+        import mlflow.artifacts
+        import mlflow.sklearn
+        from mlflow.models import Model
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for errors
+        with tempfile.TemporaryDirectory(prefix="incrml-model-") as tmp:
+            # A local store's files are read where they are; a remote one's are fetched into tmp.
+            fetch_to = None if _local_path(location) is not None else tmp
+            files = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=fetch_to, tracking_uri=uri)
+            meta = Model.load(files)
+            flavor = meta.flavors.get("sklearn", {})
+            trusted = set(flavor.get("skops_trusted_types") or [])
+            if flavor.get("serialization_format") != "skops" or not trusted <= set(TRUSTED_TYPES):
+                raise IncrmlError(
+                    f"model '{name}' v{version} is not a skops-serialised scikit-learn model with incrml's "
+                    "trusted types; refusing to load it"
+                )
+            if meta.signature is None or not meta.signature.inputs.has_input_names():
+                raise IncrmlError(f"model '{name}' v{version} has no signature naming its input columns")
+            try:
+                model = mlflow.sklearn.load_model(files)
+            except (TypeError, ValueError, OSError) as exc:  # skops refuses untrusted types with a TypeError
+                raise IncrmlError(f"model '{name}' v{version} could not be loaded: {str(exc).splitlines()[0]}") from None
+    batch = found.tags.get(BATCH_TAG)
+    inputs = [(spec.name, getattr(spec.type, "name", str(spec.type))) for spec in meta.signature.inputs.inputs]
+    return LoadedModel(name, version, int(batch) if batch else None, inputs, model)

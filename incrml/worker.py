@@ -37,6 +37,7 @@ ZYGOTES = {
         "incrml.stages.preprocess",
         "pandas",
         "incrml.stages.get_data",
+        "scipy.stats",  # merge_data's drift check, from batch 2 on
     ),
     "model": (
         "numpy",
@@ -59,6 +60,8 @@ ZYGOTES = {
         "skops.io",
         "incrml.tracking",
         "incrml.stages.evaluate",
+        "matplotlib.figure",  # the learning curve evaluate draws
+        "matplotlib.backends.backend_agg",
         # log_model checks the pinned requirements against an index of every installed package.
         "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
     ),

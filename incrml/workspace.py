@@ -67,8 +67,17 @@ class Layout:
         return self.root / "metrics/run.json"
 
     @property
+    def drift(self) -> Path:
+        """The new batch against the merged history (merge_data; see incrml.drift)."""
+        return self.root / "metrics/drift.json"
+
+    @property
     def history(self) -> Path:
         return self.root / "metrics/history.json"
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.root / "metrics/learning_curve.png"
 
     @property
     def dvc_lock(self) -> Path:

@@ -77,8 +77,11 @@ def test_unknown_key_is_named_by_its_dotted_path(text: str, key: str) -> None:
         ("batch_number: 0\n", "batch_number"),
         ("batch_number: 1\ndata:\n  holdout_fraction: 1.5\n", "data.holdout_fraction"),
         ("batch_number: 1\nevaluate:\n  metrics: [accuracy, auc]\n", "evaluate.metrics.1"),
+        ("batch_number: 1\nevaluate:\n  metrics: [accuracy]\n  primary_metric: f1_macro\n", "evaluate"),
+        ("batch_number: 1\nevaluate:\n  tolerance: -0.1\n", "evaluate.tolerance"),
     ],
-    ids=["batch_size-abc", "batch_size-0", "batch_number-1.5", "batch_number-0", "holdout_fraction-1.5", "metric-auc"],
+    ids=["batch_size-abc", "batch_size-0", "batch_number-1.5", "batch_number-0", "holdout_fraction-1.5", "metric-auc",
+         "primary-metric-not-scored", "tolerance-negative"],
 )
 def test_wrong_value_is_named_by_its_key(text: str, key: str) -> None:
     assert refusal(text).startswith(f"params.yaml: '{key}': ")

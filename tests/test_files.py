@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import invoke_in, one_line_error, snapshot, working_copy
+from conftest import ROWS, one_line_error, snapshot
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
@@ -22,38 +22,6 @@ from incrml.pipeline import stale_stages
 from incrml.stages import get_data, merge_data, prepare_batch
 from incrml.stages.get_data import file_md5
 from incrml.workspace import Layout
-
-ROWS = 80  # per dropped file; the first loses ceil(20%) = 16 to the holdout
-
-
-@pytest.fixture(scope="session")
-def drops(tmp_path_factory) -> list[Path]:
-    """Three files someone dropped: consecutive slices of sklearn's digits, one of them Parquet."""
-    from sklearn.datasets import load_digits
-
-    folder = tmp_path_factory.mktemp("drops")
-    frame = load_digits(as_frame=True).frame
-    paths = [folder / "drop1.csv", folder / "drop2.parquet", folder / "drop3.csv"]
-    for i, path in enumerate(paths):
-        part = frame.iloc[i * ROWS : (i + 1) * ROWS]
-        part.to_parquet(path) if path.suffix == ".parquet" else part.to_csv(path, index=False)
-    return paths
-
-
-@pytest.fixture(scope="session")
-def files_template(drops, tmp_path_factory) -> Path:
-    """A files workspace with drops 1 and 2 ingested as batches 1 and 2; copied per test."""
-    root = tmp_path_factory.mktemp("files") / "ws"
-    result = CliRunner().invoke(app, ["init", str(root), "--from-files"])
-    assert result.exit_code == 0, result.output
-    invoke_in(root, *(["ingest-batch", "--file", str(drop)] for drop in drops[:2]))
-    return root
-
-
-@pytest.fixture
-def files_ws(files_template, tmp_path, monkeypatch) -> Path:
-    return working_copy(files_template, tmp_path, monkeypatch)
-
 
 def _partition_rows(root: Path) -> list[int]:
     merged = root / "data/merged"

@@ -36,7 +36,7 @@ def test_dvc_yaml_declares_the_paths_the_stages_write():
             declared.add(next(iter(out)) if isinstance(out, dict) else out)
     layout = Layout(REPO)
     written = {layout.stream, layout.holdout, layout.schema, layout.batch, layout.batch_stats, layout.merged,
-               layout.preprocessor, layout.model, layout.metrics, layout.run_record}
+               layout.preprocessor, layout.model, layout.metrics, layout.run_record, layout.drift}
     assert {str(p.relative_to(REPO)) for p in written} == declared
 
 

@@ -44,37 +44,32 @@ def training_lineage(layout: Layout) -> dict[str, str]:
     return hashes
 
 
-def history(earlier: dict, current: dict, metrics: list[str]) -> list[dict]:
-    """The learning curve, one row per batch: MLflow's newest finished run of every other batch,
-    and this one. `dvc plots show` and ingest-batch's table read it."""
-
-    def row(batch, run_id, version, rows, scores):
-        return {"batch": batch, "training_rows": rows, **{m: scores.get(m) for m in metrics},
-                "run_id": run_id, "model_version": version}
-
-    rows = [row(b, r.run_id, r.model_version, r.rows, r.metrics) for b, r in earlier.items() if b != current["batch"]]
-    rows.append(row(current["batch"], current["run_id"], current["model_version"], current["rows"], current["scores"]))
-    return sorted(rows, key=lambda r: r["batch"])
-
-
 def evaluate(layout: Layout, params: Params) -> None:
     import joblib
     import pandas as pd
 
-    from incrml.tracking import batch_runs, log_batch_run
+    from incrml import journal
+    from incrml.tracking import BatchRun, batch_runs, drift_summary, log_batch_run
 
     spec = read_json(layout.preprocessor)
     model = joblib.load(layout.model)
     holdout = pd.read_parquet(layout.holdout)
-    target = params.data.target
-    scores = score(model, holdout, spec["features"], target, params.evaluate.metrics)
+    target, names = params.data.target, list(params.evaluate.metrics)
+    scores = score(model, holdout, spec["features"], target, names)
     lineage = training_lineage(layout)
+    drift = read_json(layout.drift)
 
-    def write_outputs(record: dict) -> None:
+    def write_outputs(record: dict) -> list:
         write_json(layout.metrics, {**scores, "training_rows": spec["rows"]})
         write_json(layout.run_record, record)
-        current = {**record, "rows": spec["rows"], "scores": scores}
-        write_json(layout.history, history(batch_runs(layout.root, params), current, params.evaluate.metrics))
+        gate = record["gate"]
+        champion = record["model_version"] if gate["promoted"] else gate["champion_version"]
+        current = BatchRun(params.batch_number, record["run_id"], 0, {**scores, "training_rows": spec["rows"]},
+                           {}, lineage["data/merged"], record["model_version"], gate["summary"], gate["reason"],
+                           drift_summary(drift))
+        runs = {**batch_runs(layout.root, params), params.batch_number: current}
+        journal.write(layout, journal.rows(runs, champion, names), names)
+        return [layout.learning_curve, layout.drift]
 
     log_batch_run(
         layout.root,
@@ -84,6 +79,9 @@ def evaluate(layout: Layout, params: Params) -> None:
         model=model,
         sample=holdout[spec["features"]].head(5),
         lineage=lineage,
+        holdout_md5=file_md5(layout.holdout),
+        rescore=lambda other: score(other, holdout, spec["features"], target, names),
+        drift=drift,
         write_outputs=write_outputs,
     )
 

@@ -6,6 +6,11 @@ partitions made under another stream, batch size or cleaning code are discarded,
 beyond N removed, and missing ones rebuilt from the stream, byte for byte what prepare_batch
 would have written. In a files stream each partition records its file's md5, and one whose
 file has changed since is rebuilt from that file alone.
+
+Batches in data.exclude are left out (the manifest names those below its newest batch), and
+the new batch is checked for drift against the history first (incrml.drift, written to
+metrics/drift.json): with drift.gate refuse a drifted batch fails the stage with DriftRefused's
+exit status, leaving data/merged as the history alone, exactly what excluding the batch gives.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from incrml.errors import IncrmlError
+from incrml import drift
+from incrml.errors import DriftRefused, IncrmlError
 from incrml.files import atomic_write, read_json, write_json
 from incrml.stages import prepare_batch as prepare_stage
 from incrml.stages import stage_main
@@ -37,7 +44,16 @@ def partition(merged: Path, batch: int, suffix: str) -> Path:
 def partitions(merged: Path) -> list[Path]:
     """The training partitions named by the manifest, in batch order."""
     manifest = read_json(merged / MANIFEST)
-    return [partition(merged, b, "parquet") for b in range(1, manifest["batches"] + 1)]
+    excluded = set(manifest.get("excluded", []))
+    return [partition(merged, b, "parquet") for b in range(1, manifest["batches"] + 1) if b not in excluded]
+
+
+def manifest_of(key: dict, included: list[int]) -> dict:
+    """What data/merged holds: batches 1..`batches` less `excluded`. A function of the included
+    batches alone, so a history that leaves out its newest batch is byte for byte the one before."""
+    last = max(included, default=0)
+    left_out = sorted(set(range(1, last + 1)) - set(included))
+    return {"key": key, "batches": last, **({"excluded": left_out} if left_out else {})}
 
 
 def read_training(merged: Path, features: list[str], target: str):
@@ -85,6 +101,10 @@ def merge_data(layout: Layout, params: Params) -> None:
     stats = read_json(layout.batch_stats)
     if stats["batch"] != batch:
         raise IncrmlError(f"data/processed holds batch {stats['batch']}, not {batch}; run prepare_batch")
+    excluded = set(params.data.exclude)
+    history = [b for b in range(1, batch) if b not in excluded]
+    if batch in excluded and not history:
+        raise IncrmlError(f"data.exclude leaves out every batch up to {batch}: nothing to train on")
     key = _key(schema, params)
     manifest = merged / MANIFEST
     merged.mkdir(parents=True, exist_ok=True)
@@ -95,16 +115,76 @@ def merge_data(layout: Layout, params: Params) -> None:
         manifest.unlink()  # until the partitions below are complete, the folder claims nothing
     for path in merged.iterdir():
         match = _PARTITION.match(path.name)
-        if not match or int(match.group(1)) >= batch:
+        if not match or int(match.group(1)) >= batch or int(match.group(1)) in excluded:
             path.unlink()
-    for earlier in range(1, batch):
+    for earlier in history:
         if not _current(layout, params, earlier):
             frame, earlier_stats = prepare_stage.prepare_numbered(layout, params, schema, earlier)
             write_parquet(frame, partition(merged, earlier, "parquet"))
             write_json(partition(merged, earlier, "json"), earlier_stats)
-    atomic_write(partition(merged, batch, "parquet"), lambda tmp: shutil.copyfile(layout.batch, tmp))
-    atomic_write(partition(merged, batch, "json"), lambda tmp: shutil.copyfile(layout.batch_stats, tmp))
-    write_json(manifest, {"key": key, "batches": batch})
+    # The history alone first: what a refused batch leaves, and what the check reads.
+    write_json(manifest, manifest_of(key, history))
+    report = check_drift(layout, params, schema, history)
+    write_json(layout.drift, report)
+    if report["decision"] == "refused":
+        raise DriftRefused(drift.refusal(report))
+    if batch not in excluded:
+        atomic_write(partition(merged, batch, "parquet"), lambda tmp: shutil.copyfile(layout.batch, tmp))
+        atomic_write(partition(merged, batch, "json"), lambda tmp: shutil.copyfile(layout.batch_stats, tmp))
+        write_json(manifest, manifest_of(key, [*history, batch]))
+
+
+def spread(items: list[int]) -> Iterator[int]:
+    """`items` in an order every prefix of which is spread evenly over the list: its first, its
+    middle, its quarters, ... (the van der Corput sequence), so a sample of a few covers it all."""
+    seen: set[int] = set()
+    step = 0
+    while len(seen) < len(items):
+        fraction, weight, bits = 0.0, 0.5, step
+        while bits:
+            fraction += weight * (bits & 1)
+            bits, weight = bits >> 1, weight / 2
+        step += 1
+        index = int(fraction * len(items))
+        if index not in seen:
+            seen.add(index)
+            yield items[index]
+
+
+def history_sample(merged: Path, history: list[int], columns: list[str], limit: int):
+    """(rows, their batches): whole partitions of `history` taken in spread() order until `limit`
+    rows, the last one cut short. Deterministic, and it opens about limit / batch size files
+    however long the history is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables, used, rows = [], [], 0
+    for number in spread(history):
+        table = pq.read_table(partition(merged, number, "parquet"), columns=columns)
+        tables.append(table.slice(0, limit - rows))
+        used.append(number)
+        rows += tables[-1].num_rows
+        if rows >= limit:
+            break
+    return pa.concat_tables(tables).to_pandas(), sorted(used)
+
+
+def check_drift(layout: Layout, params: Params, schema: dict, history: list[int]) -> dict:
+    """metrics/drift.json: the batch in data/processed against a bounded sample of the history."""
+    settings, batch = params.drift, params.batch_number
+    excluded = batch in params.data.exclude
+    if settings.gate == "off" or not history:
+        return drift.report(batch, settings.gate, excluded, [], 0, None)
+    import pyarrow.parquet as pq
+
+    features, target = schema["features"], schema["target"]
+    columns = [*features, target]
+    sample, used = history_sample(layout.merged, history, columns, settings.history_rows)
+    frame = pq.read_table(layout.batch, columns=columns).to_pandas()
+    statistics = drift.compare(
+        frame, sample, features, target, settings.psi_threshold, settings.p_value, settings.max_share
+    )
+    return drift.report(batch, settings.gate, excluded, used, len(sample), statistics)
 
 
 if __name__ == "__main__":
