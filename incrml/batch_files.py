@@ -108,22 +108,22 @@ def problems(frame: pd.DataFrame, reference: dict | None, target: str) -> list[s
     if target not in frame.columns:
         found.append(f"target column '{target}' missing")
     for column in features:
-        count, example = _not_numbers(frame[column])
+        count, example = not_numbers(frame[column])
         if count:
-            said = _rows(count, "is not a number", "are not numbers")
-            found.append(f"column '{column}': {said} (e.g. {_show(example)})")
+            said = count_rows(count, "is not a number", "are not numbers")
+            found.append(f"column '{column}': {said} (e.g. {show_value(example)})")
     if target in frame.columns:
         labels = frame[target]
         if labels.isna().any():
-            found.append(f"target '{target}': {_rows(int(labels.isna().sum()), 'has no label', 'have no label')}")
+            found.append(f"target '{target}': {count_rows(int(labels.isna().sum()), 'has no label', 'have no label')}")
         labelled = labels.dropna()
         if reference is not None:
             unseen = labelled[~labelled.isin(reference["classes"])]
             if len(unseen):
-                said = _rows(len(unseen), "has an unseen label", "have unseen labels")
-                found.append(f"target '{target}': {said} (e.g. {_show(unseen.iloc[0])})")
+                said = count_rows(len(unseen), "has an unseen label", "have unseen labels")
+                found.append(f"target '{target}': {said} (e.g. {show_value(unseen.iloc[0])})")
         elif len(labelled) and labelled.nunique() < 2:
-            found.append(f"target '{target}': one label only ({_show(labelled.iloc[0])}); the first batch needs two")
+            found.append(f"target '{target}': one label only ({show_value(labelled.iloc[0])}); the first batch needs two")
     return found
 
 
@@ -256,7 +256,7 @@ def _as_dtype(values: pd.Series, dtype: str) -> pd.Series:
     return cast if same else values
 
 
-def _not_numbers(values: pd.Series) -> tuple[int, object]:
+def not_numbers(values: pd.Series) -> tuple[int, object]:
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(values):
@@ -270,11 +270,11 @@ def _columns(names: list) -> str:
     return f"column {listed}" if len(names) == 1 else f"columns {listed}"
 
 
-def _rows(count: int, one: str, many: str) -> str:
+def count_rows(count: int, one: str, many: str) -> str:
     return f"1 row {one}" if count == 1 else f"{count} rows {many}"
 
 
-def _show(value: object) -> str:
+def show_value(value: object) -> str:
     value = value.item() if hasattr(value, "item") else value
     if isinstance(value, float) and value.is_integer():  # a label column with a gap reads as floats
         value = int(value)
