@@ -89,6 +89,12 @@ class Layout:
         return self.root / ".dvc/tmp/incrml-checkpoints"
 
     @property
+    def drift_memo(self) -> Path:
+        """Drift reports already computed, by the hash of everything they depend on: a batch seen
+        again (merge_data re-runs, its output being `persist`) gets its report without the maths."""
+        return self.root / ".dvc/tmp/incrml-drift"
+
+    @property
     def params_backup(self) -> Path:
         """params.yaml as it was before an ingest changed batch_number, until the ingest ends."""
         return self.root / ".dvc/tmp/incrml-params.yaml"

@@ -16,6 +16,7 @@ exit status, leaving data/merged as the history alone, exactly what excluding th
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -151,22 +152,27 @@ def spread(items: list[int]) -> Iterator[int]:
             yield items[index]
 
 
-def history_sample(merged: Path, history: list[int], columns: list[str], limit: int):
-    """(rows, their batches): whole partitions of `history` taken in spread() order until `limit`
-    rows, the last one cut short. Deterministic, and it opens about limit / batch size files
-    however long the history is."""
+def history_partitions(merged: Path, history: list[int], limit: int) -> list[tuple[int, int]]:
+    """(batch, rows to read) of the partitions of `history` the drift check compares with: whole
+    partitions in spread() order until `limit` rows, the last one cut short. Deterministic, and
+    about limit / batch size of them however long the history is."""
+    chosen, rows = [], 0
+    for number in spread(history):
+        take = min(read_json(partition(merged, number, "json"))["rows"], limit - rows)
+        chosen.append((number, take))
+        rows += take
+        if rows >= limit:
+            break
+    return chosen
+
+
+def history_sample(merged: Path, chosen: list[tuple[int, int]], columns: list[str]):
+    """The rows history_partitions() chose, as one frame."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables, used, rows = [], [], 0
-    for number in spread(history):
-        table = pq.read_table(partition(merged, number, "parquet"), columns=columns)
-        tables.append(table.slice(0, limit - rows))
-        used.append(number)
-        rows += tables[-1].num_rows
-        if rows >= limit:
-            break
-    return pa.concat_tables(tables).to_pandas(), sorted(used)
+    tables = [pq.read_table(partition(merged, n, "parquet"), columns=columns).slice(0, take) for n, take in chosen]
+    return pa.concat_tables(tables).to_pandas()
 
 
 def check_drift(layout: Layout, params: Params, schema: dict, history: list[int]) -> dict:
@@ -175,16 +181,25 @@ def check_drift(layout: Layout, params: Params, schema: dict, history: list[int]
     excluded = batch in params.data.exclude
     if settings.gate == "off" or not history:
         return drift.report(batch, settings.gate, excluded, [], 0, None)
+    chosen = history_partitions(layout.merged, history, settings.history_rows)
+    inputs = [batch, excluded, settings.model_dump(mode="json"), schema["digest"], file_md5(layout.batch),
+              [(n, take, file_md5(partition(layout.merged, n, "parquet"))) for n, take in chosen],
+              hashlib.md5(Path(drift.__file__).read_bytes()).hexdigest()]
+    memo = layout.drift_memo / f"{hashlib.md5(json.dumps(inputs).encode()).hexdigest()}.json"
+    if memo.exists():
+        return read_json(memo)
     import pyarrow.parquet as pq
 
     features, target = schema["features"], schema["target"]
     columns = [*features, target]
-    sample, used = history_sample(layout.merged, history, columns, settings.history_rows)
+    sample = history_sample(layout.merged, chosen, columns)
     frame = pq.read_table(layout.batch, columns=columns).to_pandas()
     statistics = drift.compare(
         frame, sample, features, target, settings.psi_threshold, settings.p_value, settings.max_share
     )
-    return drift.report(batch, settings.gate, excluded, used, len(sample), statistics)
+    report = drift.report(batch, settings.gate, excluded, sorted(n for n, _ in chosen), len(sample), statistics)
+    write_json(memo, report)
+    return report
 
 
 if __name__ == "__main__":
