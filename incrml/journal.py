@@ -61,7 +61,7 @@ def plot(history: list[dict], metrics: list[str], path: Path, highlight: Iterabl
     from matplotlib.ticker import MaxNLocator
 
     marked = set(highlight)
-    figure = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    figure = Figure(figsize=(10, 4), dpi=80, layout="constrained")
     by_batch, by_rows = figure.subplots(1, 2, sharey=True)
     for axes, x_key, label in ((by_batch, "batch", "batch"), (by_rows, "training_rows", "training rows")):
         points = [row for row in history if row.get(x_key) is not None]
@@ -85,3 +85,12 @@ def plot(history: list[dict], metrics: list[str], path: Path, highlight: Iterabl
     by_batch.legend(loc="lower right", fontsize="small")
     figure.suptitle("Learning curve")
     figure.savefig(path, format="png")
+
+
+def warm_up() -> None:
+    """Draw a throwaway curve, so matplotlib's one-time set-up (its font cache, the Agg canvas)
+    is done in the stage worker's zygote rather than in evaluate (see incrml.worker)."""
+    import io
+
+    plot([{"batch": 1, "training_rows": 1, "accuracy": 1.0, "champion": True, "model_version": "1"}],
+         ["accuracy"], io.BytesIO())
