@@ -1,8 +1,9 @@
-"""Score the model on the holdout, save the metrics and log the run and the model to MLflow."""
+"""Score the model on the holdout, log the run and model to MLflow, gate the champion, plot the curve."""
 import json
 import os
 
 import joblib
+import matplotlib.pyplot as plt
 import mlflow
 import mlflow.sklearn
 import pandas as pd
@@ -47,10 +48,30 @@ with mlflow.start_run(run_name=f"batch_{params['batch_number']}"):
         }
     )
     mlflow.log_metrics(metrics)
-    mlflow.sklearn.log_model(
+    info = mlflow.sklearn.log_model(
         model,
         name="model",
         registered_model_name=params["mlflow"]["registered_model_name"],
     )
+
+    # The champion gate: the alias moves to the new version only if its accuracy is at least the champion's.
+    client = mlflow.MlflowClient()
+    name = params["mlflow"]["registered_model_name"]
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+        champion_accuracy = client.get_run(champion.run_id).data.metrics["accuracy"]
+    except mlflow.exceptions.MlflowException:
+        champion_accuracy = None
+    if champion_accuracy is None or metrics["accuracy"] >= champion_accuracy:
+        client.set_registered_model_alias(name, "champion", info.registered_model_version)
+
+    # The learning curve: accuracy of every batch's run so far.
+    runs = mlflow.search_runs(order_by=["start_time"])
+    plt.figure(figsize=(8, 4))
+    plt.plot(range(1, len(runs) + 1), runs["metrics.accuracy"], marker="o")
+    plt.xlabel("batch")
+    plt.ylabel("holdout accuracy")
+    plt.savefig("metrics/learning_curve.png")
+    mlflow.log_artifact("metrics/learning_curve.png")
 
 print(f"batch {params['batch_number']}: {metrics}")
