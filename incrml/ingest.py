@@ -90,9 +90,17 @@ def reproduce_batch(
         with warm_worker() as env, StopSignals() as stop:
             write_batch_number(root, batch)
             try:
-                return _reproduce_gated(
+                # A whole reproduction is kept, and restored when its inputs are seen again.
+                key = pipeline.snapshot_key(root) if target is None else None
+                restored = pipeline.restore_snapshot(root, key, on_start, on_done) if key else None
+                if restored is not None:
+                    return restored
+                results = _reproduce_gated(
                     root, batch, target, (on_start, on_done), env, stop, warn or _warn_on_stderr
                 )
+                if key:
+                    pipeline.save_snapshot(root)  # its own key: a refused batch changed params.yaml
+                return results
             except IncrmlError as exc:
                 stop.settle()
                 if params_path.read_bytes() != layout.params_backup.read_bytes():

@@ -254,3 +254,89 @@ def in_cache(root: Path, md5: str) -> bool:
 
     with _QuietDvc(), Repo(os.fspath(root)) as repo:
         return repo.cache.local.exists(md5)
+
+
+# A whole reproduction, kept: dvc.lock as it stood after one, under the hash of everything it
+# depends on that no stage writes. The same inputs again are restored the way a git-versioned
+# DVC project restores a commit: that dvc.lock, then `dvc checkout` from DVC's cache.
+SNAPSHOTS = ".dvc/tmp/incrml-locks"
+
+
+def _yaml_load(path: Path):
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(path.read_text()) or {}
+
+
+def _external_deps(root: Path) -> list[str]:
+    """The deps in dvc.yaml that no stage writes: code files, sources, accepted batch files."""
+    stages = _yaml_load(root / "dvc.yaml").get("stages", {})
+    deps, outs = set(), set()
+    for stage in stages.values():
+        deps.update(stage.get("deps", []))
+        for kind in ("outs", "metrics", "plots"):
+            outs.update(next(iter(o)) if isinstance(o, dict) else o for o in stage.get(kind, []))
+    return sorted(d for d in deps if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in outs))
+
+
+def snapshot_key(root: Path) -> str:
+    """The hash of params.yaml, dvc.yaml and the bytes of every file under each external dep."""
+    import hashlib
+
+    digest = hashlib.md5()
+    for name in ("params.yaml", "dvc.yaml"):
+        digest.update((root / name).read_bytes())
+    for dep in _external_deps(root):
+        path = root / dep
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if file.exists():
+                digest.update(os.fsencode(file.relative_to(root)))
+                digest.update(hashlib.md5(file.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def save_snapshot(root: Path) -> None:
+    """Keep dvc.lock after a whole reproduction, under the key of its inputs."""
+    from incrml.files import atomic_write_text
+
+    atomic_write_text(root / SNAPSHOTS / f"{snapshot_key(root)}.lock", (root / "dvc.lock").read_text())
+
+
+def restore_snapshot(
+    root: Path,
+    key: str,
+    on_start: Callable[[str], None] = lambda stage: None,
+    on_done: Callable[[StageResult], None] = lambda result: None,
+) -> list[StageResult] | None:
+    """Restore the reproduction kept under `key` (snapshot_key): its dvc.lock, and `dvc checkout`
+    of every output from DVC's cache. None (and dvc.lock as it was) when there is none, or
+    DVC's cache no longer holds it; then reproduce."""
+    import time
+
+    from dvc.exceptions import DvcException
+
+    from incrml.files import atomic_write_text
+
+    kept = root / SNAPSHOTS / f"{key}.lock"
+    if not kept.exists():
+        return None
+    lock = root / "dvc.lock"
+    before = lock.read_text() if lock.exists() else None
+    old, new = (_yaml_load(lock).get("stages", {}) if before else {}), _yaml_load(kept).get("stages", {})
+    started = time.perf_counter()
+    atomic_write_text(lock, kept.read_text())
+    try:
+        with _QuietDvc(), _open(root) as repo:
+            repo.checkout(force=True)
+    except DvcException:
+        if before is not None:
+            atomic_write_text(lock, before)
+        return None
+    share = (time.perf_counter() - started) / len(new)
+    results = []
+    for stage in new:
+        on_start(stage)
+        results.append(StageResult(stage, "unchanged" if old.get(stage) == new[stage] else "restored", share))
+        on_done(results[-1])
+    return results
