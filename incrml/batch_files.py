@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from incrml.ingest import Progress
 
 _BATCH_FILE = re.compile(r"batch-(\d{5})\.parquet")
-_SUFFIXES = {".csv": "CSV", ".parquet": "Parquet"}
+SUFFIXES = {".csv": "CSV", ".parquet": "Parquet"}
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,21 @@ def require_files_stream(params: Params) -> None:
 
 
 def read_batch_file(path: Path, shown: str) -> pd.DataFrame:
-    """The rows of a CSV or Parquet file; a file that cannot be read is refused by name."""
+    return read_table_file(path, shown, "a batch file", "is not a valid batch")
+
+
+def read_table_file(path: Path, shown: str, what: str, refused: str) -> pd.DataFrame:
+    """The rows of a CSV or Parquet file; a file that cannot be read is refused by name:
+    `what` names the file's role, `refused` says what it is then (`x.csv is not a valid batch: …`)."""
     if not path.exists():
         raise IncrmlError(f"no file at {shown}")
     if path.is_dir():
         raise IncrmlError(f"{shown} is a folder; give a .csv or .parquet file")
-    kind = _SUFFIXES.get(path.suffix.lower())
+    kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise IncrmlError(f"{shown}: a batch file must be .csv or .parquet, not '{path.suffix or path.name}'")
+        raise IncrmlError(f"{shown}: {what} must be .csv or .parquet, not '{path.suffix or path.name}'")
     if path.stat().st_size == 0:
-        raise IncrmlError(f"{shown} is not a valid batch: the file is empty")
+        raise IncrmlError(f"{shown} {refused}: the file is empty")
     import pandas as pd
 
     try:
@@ -80,7 +85,7 @@ def read_batch_file(path: Path, shown: str) -> pd.DataFrame:
         raise IncrmlError(f"cannot read {shown}: {exc.strerror}") from None
     except (ValueError, OSError) as exc:  # pandas' and pyarrow's parse errors are ValueErrors
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(str(path), shown)[:200]
-        raise IncrmlError(f"{shown} is not a valid batch: not a readable {kind} file ({detail})") from None
+        raise IncrmlError(f"{shown} {refused}: not a readable {kind} file ({detail})") from None
     return frame.reset_index(drop=True)
 
 

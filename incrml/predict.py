@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from rich.console import Group
 from rich.table import Table
 
+from incrml.batch_files import SUFFIXES
 from incrml.errors import IncrmlError
 from incrml.gate import CHAMPION
 
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from incrml.tracking import LoadedModel
 
 PREDICTION = "prediction"
-_SUFFIXES = {".csv": "CSV", ".parquet": "Parquet"}
 _NUMBERS = {"double", "float", "long", "integer"}
 
 
@@ -34,33 +34,18 @@ def parse_model(ref: str) -> tuple[str | None, str | None]:
 
 
 def read_input(path: Path, shown: str) -> pd.DataFrame:
-    """The rows of a CSV or Parquet file; a file that cannot be read is refused by name."""
-    if not path.exists():
-        raise IncrmlError(f"no file at {shown}")
-    if path.is_dir():
-        raise IncrmlError(f"{shown} is a folder; give a .csv or .parquet file")
-    kind = _SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise IncrmlError(f"{shown}: the file to score must be .csv or .parquet, not '{path.suffix or path.name}'")
-    if path.stat().st_size == 0:
-        raise IncrmlError(f"{shown} is empty")
-    import pandas as pd
+    """The rows of the CSV or Parquet file to score; a file that cannot be read is refused by name."""
+    from incrml.batch_files import read_table_file
 
-    try:
-        frame = pd.read_csv(path) if kind == "CSV" else pd.read_parquet(path)
-    except PermissionError as exc:
-        raise IncrmlError(f"cannot read {shown}: {exc.strerror}") from None
-    except (ValueError, OSError) as exc:  # pandas' and pyarrow's parse errors are ValueErrors
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(str(path), shown)[:200]
-        raise IncrmlError(f"{shown} is not a readable {kind} file ({detail})") from None
+    frame = read_table_file(path, shown, "the file to score", "cannot be scored")
     if frame.empty:
-        raise IncrmlError(f"{shown} has no rows to score")
-    return frame.reset_index(drop=True)
+        raise IncrmlError(f"{shown} cannot be scored: it has no rows")
+    return frame
 
 
 def check_out(out: Path, shown: str, source: Path) -> None:
     """Refuse an --out that cannot be written before any work is done."""
-    if out.suffix.lower() not in _SUFFIXES:
+    if out.suffix.lower() not in SUFFIXES:
         raise IncrmlError(f"--out {shown}: write .csv or .parquet, not '{out.suffix or out.name}'")
     if out.is_dir():
         raise IncrmlError(f"--out {shown} is a folder; name a file in it")

@@ -141,21 +141,25 @@ def log_batch_run(
         with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
             write_json(marker, {"run_id": run.info.run_id, "pid": os.getpid()})
             try:
-                version = _log_run(client, params, root, metrics, training_rows, model, sample, lineage)
-                mlflow.set_tag(HOLDOUT_TAG, holdout_md5)
-                _log_drift(drift)
-                decision = _gate(client, params, root, version, metrics, holdout_md5, rescore)
-                record = {
-                    "batch": params.batch_number,
-                    "run_id": run.info.run_id,
-                    "experiment": params.mlflow.experiment,
-                    "registered_model": params.mlflow.registered_model,
-                    "model_version": version,
-                    "data": lineage,
-                    "gate": decision.as_dict(),
-                }
-                for artifact in write_outputs(record):
-                    mlflow.log_artifact(str(artifact))
+                with _stops_between_writes() as check:
+                    version = _log_run(client, params, root, metrics, training_rows, model, sample, lineage, check)
+                    mlflow.set_tag(HOLDOUT_TAG, holdout_md5)
+                    _log_drift(drift)
+                    check()
+                    decision = _gate(client, params, root, version, metrics, holdout_md5, rescore)
+                    check()
+                    record = {
+                        "batch": params.batch_number,
+                        "run_id": run.info.run_id,
+                        "experiment": params.mlflow.experiment,
+                        "registered_model": params.mlflow.registered_model,
+                        "model_version": version,
+                        "data": lineage,
+                        "gate": decision.as_dict(),
+                    }
+                    for artifact in write_outputs(record):
+                        check()
+                        mlflow.log_artifact(str(artifact))
             except KeyboardInterrupt:  # stopped, not broken
                 mlflow.end_run("KILLED")
                 raise
@@ -164,7 +168,44 @@ def log_batch_run(
     return record
 
 
-def _log_run(client, params: Params, root: Path, metrics, training_rows: int, model, sample, lineage) -> str:
+@contextmanager
+def _stops_between_writes() -> Iterator:
+    """Hold Ctrl-C and SIGTERM until the next `check()`, between MLflow's writes.
+
+    Raised in the middle of one, KeyboardInterrupt skips SQLAlchemy's rollback (it is not an
+    Exception) and leaves a transaction open on the sqlite store: ending the run KILLED then
+    waits on that lock and fails. A stop held for one write stops the stage within a second.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    caught: list[int] = []
+    stops = (signal.SIGINT, signal.SIGTERM)
+    saved = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in stops}
+
+    def restore() -> None:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+    def check() -> None:
+        if caught:
+            restore()
+            handler = saved[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)  # the stage's own: it raises, and ignores later stops
+            raise KeyboardInterrupt
+
+    try:
+        yield check
+        check()
+    finally:
+        restore()
+
+
+def _log_run(client, params: Params, root: Path, metrics, training_rows: int, model, sample, lineage, check) -> str:
     """Params, metrics, lineage tags, the dataset and the registered model; the model version."""
     import mlflow
     import mlflow.sklearn
@@ -176,8 +217,11 @@ def _log_run(client, params: Params, root: Path, metrics, training_rows: int, mo
     batch = params.batch_number
     data_md5 = lineage["data/merged"]
     mlflow.set_tags({BATCH_TAG: str(batch), DATA_TAG: data_md5, **{f"dvc.{k}": v for k, v in lineage.items()}})
+    check()
     mlflow.log_params(flatten("", params.model_dump(mode="json")))
+    check()
     mlflow.log_metrics({**metrics, "training_rows": training_rows})
+    check()
     dataset = MetaDataset(
         source=resolve_dataset_source(str(root / "data/merged")),
         name=f"merged-batches-1-{batch}",
@@ -185,6 +229,7 @@ def _log_run(client, params: Params, root: Path, metrics, training_rows: int, mo
         schema=Schema([ColSpec("double", c) for c in sample.columns]),
     )
     mlflow.log_input(dataset, context="training")
+    check()
     name, model_md5 = params.mlflow.registered_model, lineage["models/model.pkl"]
     # A model already registered (a batch kept out by the drift gate trains nothing new) keeps its version.
     same = client.search_model_versions(f"name = '{name}' and tags.`{MODEL_MD5_TAG}` = '{model_md5}'")
@@ -202,6 +247,7 @@ def _log_run(client, params: Params, root: Path, metrics, training_rows: int, mo
         registered_model_name=params.mlflow.registered_model,
         await_registration_for=0,
     )
+    check()
     version = str(info.registered_model_version)
     mlflow.set_tag(MODEL_VERSION_TAG, version)
     client.set_model_version_tag(params.mlflow.registered_model, version, BATCH_TAG, str(batch))

@@ -174,9 +174,9 @@ def _inputs(root: Path, folder: Path) -> None:
 BAD = [
     (["--file", "nope.csv"], "no file at ../in/nope.csv"),
     (["--file", "rows.txt"], "rows.txt: the file to score must be .csv or .parquet, not '.txt'"),
-    (["--file", "empty.csv"], "empty.csv is empty"),
-    (["--file", "header-only.csv"], "header-only.csv has no rows to score"),
-    (["--file", "broken.parquet"], "broken.parquet is not a readable Parquet file"),
+    (["--file", "empty.csv"], "empty.csv cannot be scored: the file is empty"),
+    (["--file", "header-only.csv"], "header-only.csv cannot be scored: it has no rows"),
+    (["--file", "broken.parquet"], "broken.parquet cannot be scored: not a readable Parquet file"),
     (
         ["--file", "missing.csv", "--model", "v2"],
         "missing.csv does not match model 'incrml-model' v2: 3 of 64 columns missing: 'pixel_0_0', 'pixel_3_3', 'pixel_7_7'",
