@@ -465,20 +465,18 @@ def load_registered_model(
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise IncrmlError(f"no model registered yet ({uri} does not exist): ingest a batch first")
     with _store(params, root) as client:
-        from mlflow.exceptions import MlflowException
-
         numbers = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
         held = ", ".join(f"v{n}" for n in numbers)
         if not numbers:
             raise IncrmlError(f"no version of model '{name}' is registered yet: ingest a batch first")
         if alias is not None:
-            try:
-                version = client.get_model_version_by_alias(name, alias).version
-            except MlflowException:
+            aliased = _alias_version(client, name, alias)
+            if aliased is None:
                 raise IncrmlError(
                     f"no {alias} yet for model '{name}': ingest a batch, or `incrml promote N`, "
                     f"or name a version with --model vN ({held})"
-                ) from None
+                )
+            version = aliased.version
         if version is None or int(version) not in numbers:
             raise IncrmlError(f"model '{name}' has no version {version}; its versions: {held}")
         version = str(int(version))
