@@ -7,7 +7,11 @@ them without starting MLflow. They are not DVC outputs: they describe every batc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import os
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,9 +41,58 @@ def rows(runs: dict[int, BatchRun], champion: str | None, metrics: list[str]) ->
     ]
 
 
-def write(layout: Layout, history: list[dict], metrics: list[str]) -> None:
+Draw = Callable[[list[dict], list[str], Path], None]
+
+
+def draw_here(history: list[dict], metrics: list[str], path: Path) -> None:
+    atomic_write(path, lambda tmp: plot(history, metrics, tmp))
+
+
+def write(layout: Layout, history: list[dict], metrics: list[str], draw: Draw = draw_here) -> None:
     write_json(layout.history, history)
-    atomic_write(layout.learning_curve, lambda tmp: plot(history, metrics, tmp))
+    draw(history, metrics, layout.learning_curve)
+
+
+@contextmanager
+def painter() -> Iterator[Draw]:
+    """A forked process that loads matplotlib while the caller goes on (evaluate: logging to
+    MLflow), then draws the curve it is sent. It ignores Ctrl-C: its caller ends it, and draws
+    here instead if it fails."""
+    if not hasattr(os, "fork"):
+        yield draw_here
+        return
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the painter
+        code = 1
+        try:
+            os.close(write_end)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            warm_up()
+            with os.fdopen(read_end) as pipe:
+                job = pipe.read()
+            if job:
+                job = json.loads(job)
+                draw_here(job["history"], job["metrics"], Path(job["path"]))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(read_end)
+    pending = [write_end]
+
+    def draw(history: list[dict], metrics: list[str], path: Path) -> None:
+        with os.fdopen(pending.pop(), "w") as pipe:
+            pipe.write(json.dumps({"history": history, "metrics": metrics, "path": str(path)}))
+        if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+            draw_here(history, metrics, path)
+
+    try:
+        yield draw
+    finally:
+        if pending:  # never asked to draw: end it
+            os.close(pending.pop())
+            os.waitpid(pid, 0)
 
 
 def refresh(root: Path, params: Params) -> list[dict]:
@@ -88,8 +141,7 @@ def plot(history: list[dict], metrics: list[str], path: Path, highlight: Iterabl
 
 
 def warm_up() -> None:
-    """Draw a throwaway curve, so matplotlib's one-time set-up (its font cache, the Agg canvas)
-    is done in the stage worker's zygote rather than in evaluate (see incrml.worker)."""
+    """Draw a throwaway curve: matplotlib's one-time set-up (its font cache, the Agg canvas)."""
     import io
 
     plot([{"batch": 1, "training_rows": 1, "accuracy": 1.0, "champion": True, "model_version": "1"}],

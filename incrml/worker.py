@@ -60,7 +60,6 @@ ZYGOTES = {
         "skops.io",
         "incrml.tracking",
         "incrml.stages.evaluate",
-        "incrml.journal:warm_up",  # matplotlib, for the learning curve evaluate draws
         # log_model checks the pinned requirements against an index of every installed package.
         "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
     ),

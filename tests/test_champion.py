@@ -207,3 +207,16 @@ def test_a_champion_measured_on_another_holdout_is_scored_again(ingested, cli):
     assert cli("ingest-batch", "3").exit_code == 0
     # batch 2's model, loaded from the store and scored on this holdout, not the 0.0 on record
     assert run_of(ingested, 3).data.metrics["champion_accuracy"] == batch2.data.metrics["accuracy"]
+
+
+def test_the_painter_draws_what_it_is_sent_and_ends_when_sent_nothing(tmp_path):
+    from incrml import journal
+
+    history = [{"batch": b, "training_rows": 50 * b, "accuracy": 0.8 + b / 100, "model_version": str(b),
+                "champion": b == 2} for b in (1, 2, 3)]
+    with journal.painter() as draw:
+        draw(history, ["accuracy"], tmp_path / "curve.png")
+    pixels = _curve_pixels(tmp_path / "curve.png")
+    assert pixels["line"] > 200 and pixels["star"] > 20, pixels
+    with journal.painter():
+        pass  # evaluate failed before drawing: leaving the block ends the painter and reaps it

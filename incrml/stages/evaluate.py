@@ -68,22 +68,23 @@ def evaluate(layout: Layout, params: Params) -> None:
                            {}, lineage["data/merged"], record["model_version"], gate["summary"], gate["reason"],
                            drift_summary(drift))
         runs = {**batch_runs(layout.root, params), params.batch_number: current}
-        journal.write(layout, journal.rows(runs, champion, names), names)
+        journal.write(layout, journal.rows(runs, champion, names), names, draw)
         return [layout.learning_curve, layout.drift]
 
-    log_batch_run(
-        layout.root,
-        params,
-        metrics=scores,
-        training_rows=spec["rows"],
-        model=model,
-        sample=holdout[spec["features"]].head(5),
-        lineage=lineage,
-        holdout_md5=file_md5(layout.holdout),
-        rescore=lambda other: score(other, holdout, spec["features"], target, names),
-        drift=drift,
-        write_outputs=write_outputs,
-    )
+    with journal.painter() as draw:  # matplotlib loads beside the MLflow logging, not before it
+        log_batch_run(
+            layout.root,
+            params,
+            metrics=scores,
+            training_rows=spec["rows"],
+            model=model,
+            sample=holdout[spec["features"]].head(5),
+            lineage=lineage,
+            holdout_md5=file_md5(layout.holdout),
+            rescore=lambda other: score(other, holdout, spec["features"], target, names),
+            drift=drift,
+            write_outputs=write_outputs,
+        )
 
 
 if __name__ == "__main__":
