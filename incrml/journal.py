@@ -95,11 +95,16 @@ def painter() -> Iterator[Draw]:
             os.waitpid(pid, 0)
 
 
-def refresh(root: Path, params: Params) -> list[dict]:
-    """Rebuild the journal from MLflow (after the champion moved by hand)."""
+def from_mlflow(root: Path, params: Params) -> list[dict]:
+    """The journal's rows as MLflow holds them now: every batch's newest run, and the champion."""
     from incrml.tracking import batch_runs, champion_version
 
-    history = rows(batch_runs(root, params), champion_version(root, params), list(params.evaluate.metrics))
+    return rows(batch_runs(root, params), champion_version(root, params), list(params.evaluate.metrics))
+
+
+def refresh(root: Path, params: Params) -> list[dict]:
+    """Rebuild the journal from MLflow (after the champion moved by hand)."""
+    history = from_mlflow(root, params)
     write(Layout(root), history, list(params.evaluate.metrics))
     return history
 

@@ -239,21 +239,19 @@ def stale_stages(root: Path) -> dict[str, list[str]]:
 
 def lock_hashes(root: Path, stage: str) -> dict[str, str]:
     """The md5 of each dep and out of `stage` as dvc.lock records them, by path."""
-    from ruamel.yaml import YAML
-
     lock = root / "dvc.lock"
     if not lock.exists():
         return {}
-    entry = (YAML(typ="safe").load(lock.read_text()) or {}).get("stages", {}).get(stage, {})
+    entry = _yaml_load(lock).get("stages", {}).get(stage, {})
     return {item["path"]: item.get("md5", "") for item in [*entry.get("deps", []), *entry.get("outs", [])]}
 
 
-def in_cache(root: Path, md5: str) -> bool:
-    """Whether DVC's local cache holds the object (a file, or a folder's .dir listing)."""
+def cached(root: Path, md5s: list[str]) -> set[str]:
+    """Those of `md5s` whose object DVC's local cache holds (a file, or a folder's .dir listing)."""
     from dvc.repo import Repo
 
     with _QuietDvc(), Repo(os.fspath(root)) as repo:
-        return repo.cache.local.exists(md5)
+        return {md5 for md5 in md5s if repo.cache.local.exists(md5)}
 
 
 # A whole reproduction, kept: dvc.lock as it stood after one, under the hash of everything it

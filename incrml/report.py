@@ -192,7 +192,7 @@ def render_status(data: dict) -> Table:
 def lineage_data(root: Path, params: Params, batch: int) -> dict:
     """batch -> DVC hashes -> MLflow run -> dataset digest -> model version -> aliases, and checks
     that each link agrees with the next and with what DVC holds."""
-    from incrml.pipeline import in_cache, lock_hashes
+    from incrml.pipeline import cached, lock_hashes
     from incrml.tracking import batch_runs, run_lineage
 
     runs = batch_runs(root, params)
@@ -201,12 +201,13 @@ def lineage_data(root: Path, params: Params, batch: int) -> dict:
         raise IncrmlError(f"batch {batch} has no finished MLflow run (batches ingested: {have})")
     found = run_lineage(root, params, runs[batch].run_id)
     data_md5, model_md5 = found["data_md5"], found["dvc"].get("models/model.pkl")
+    in_cache = cached(root, [md5 for md5 in (data_md5, model_md5) if md5])
     checks = [
         ("the model version records the run's data hash", found["model_data_md5"] == data_md5),
         ("the run's dataset digest is that data hash",
          any(data_md5 and data_md5.removesuffix(".dir").startswith(d["digest"]) for d in found["datasets"])),
-        ("DVC's cache holds the training data", bool(data_md5) and in_cache(root, data_md5)),
-        ("DVC's cache holds the model file", bool(model_md5) and in_cache(root, model_md5)),
+        ("DVC's cache holds the training data", data_md5 in in_cache),
+        ("DVC's cache holds the model file", model_md5 in in_cache),
     ]
     current = batch == params.batch_number
     if current:
@@ -246,12 +247,10 @@ def write_plot(root: Path, params: Params, path: Path, highlight: tuple[int, ...
     """The learning curve from MLflow as a PNG at `path` (atomically), given batches ringed."""
     from incrml import journal
     from incrml.files import atomic_write
-    from incrml.tracking import batch_runs, champion_version
 
     if path.suffix.lower() != ".png":
         raise IncrmlError(f"--plot writes a PNG; give a FILE ending in .png, not '{path.name}'")
-    names = list(params.evaluate.metrics)
-    history = journal.rows(batch_runs(root, params), champion_version(root, params), names)
+    history = journal.from_mlflow(root, params)
     target = path.resolve()
-    atomic_write(target, lambda tmp: journal.plot(history, names, tmp, highlight))
+    atomic_write(target, lambda tmp: journal.plot(history, list(params.evaluate.metrics), tmp, highlight))
     return target

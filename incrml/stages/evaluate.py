@@ -64,9 +64,12 @@ def evaluate(layout: Layout, params: Params) -> None:
         write_json(layout.run_record, record)
         gate = record["gate"]
         champion = record["model_version"] if gate["promoted"] else gate["champion_version"]
-        current = BatchRun(params.batch_number, record["run_id"], 0, {**scores, "training_rows": spec["rows"]},
-                           {}, lineage["data/merged"], record["model_version"], gate["summary"], gate["reason"],
-                           drift_summary(drift))
+        current = BatchRun(
+            batch=params.batch_number, run_id=record["run_id"], start_time=0,
+            metrics={**scores, "training_rows": spec["rows"]}, params={}, data_md5=lineage["data/merged"],
+            model_version=record["model_version"], gate=gate["summary"], gate_reason=gate["reason"],
+            drift=drift_summary(drift),
+        )
         runs = {**batch_runs(layout.root, params), params.batch_number: current}
         journal.write(layout, journal.rows(runs, champion, names), names, draw)
         return [layout.learning_curve, layout.drift]
