@@ -119,21 +119,30 @@ def _start_zygote(address: str, preload: tuple[str, ...]) -> int:
 
 def _zygote(server: socket.socket, parent: int, preload: tuple[str, ...]) -> None:
     # Ctrl-C is for the stage; SIGTERM ends the zygote at its next turn (a stage it started
-    # reports its own exit code). Children are reaped by the kernel (SIGCHLD ignored), so the
-    # zygote goes on preloading while they run.
+    # reports its own exit code). Children are reaped by the kernel (SIGCHLD ignored).
     stopping = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     os.nice(10)  # a head start must not slow down DVC's own work in the CLI
     pending = list(preload)
+    running: list[int] = []  # pidfds of the stages this zygote forked that still run
     while os.getppid() == parent and not stopping:
-        ready, _, _ = select.select([server], [], [], 0 if pending else 1.0)
-        if ready:
-            connection, _ = server.accept()
-            with connection:
-                _serve(connection, server)
-        elif pending:
+        # While a stage it forked runs, preloading would only take a core from that stage
+        # (on two cores it measured ~0.9 s of an ingest); it goes on once the stage has ended.
+        preloading = bool(pending) and not running
+        ready, _, _ = select.select([server, *running], [], [], 0 if preloading else 1.0)
+        for fd in ready:
+            if fd is server:
+                connection, _ = server.accept()
+                with connection:
+                    child = _serve(connection, server)
+                with suppress(OSError):  # already gone (Linux < 5.3 has no pidfd): nothing to wait for
+                    running.append(os.pidfd_open(child))
+            else:
+                os.close(fd)
+                running.remove(fd)
+        if not ready and preloading:
             module, _, warm_up = pending.pop(0).partition(":")
             with suppress(Exception):  # a preload is only ever a head start
                 loaded = importlib.import_module(module)
@@ -141,8 +150,8 @@ def _zygote(server: socket.socket, parent: int, preload: tuple[str, ...]) -> Non
                     getattr(loaded, warm_up)()
 
 
-def _serve(connection: socket.socket, server: socket.socket) -> None:
-    """Fork a child that runs the requested stage and reports its own exit code."""
+def _serve(connection: socket.socket, server: socket.socket) -> int:
+    """Fork a child that runs the requested stage and reports its own exit code; its pid."""
     stream = connection.makefile("rw")
     request = json.loads(stream.readline())
     child = os.fork()
@@ -170,6 +179,7 @@ def _serve(connection: socket.socket, server: socket.socket) -> None:
             os._exit(code)
     stream.write(json.dumps({"pid": child}) + "\n")
     stream.flush()
+    return child
 
 
 def delegate(folder: str, body: Callable) -> int | None:
