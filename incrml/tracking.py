@@ -138,29 +138,32 @@ def log_batch_run(
     with _store(params, root) as client:
         experiment_id = _experiment_id(client, params, root, create=True)
         mlflow.set_tracking_uri(client.tracking_uri)  # this is the evaluate stage's own process
-        with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        # Stops are held from before the run exists: none can leave it RUNNING half-written.
+        with _stops_between_writes() as check, mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
             write_json(marker, {"run_id": run.info.run_id, "pid": os.getpid()})
             try:
-                with _stops_between_writes() as check:
-                    version = _log_run(client, params, root, metrics, training_rows, model, sample, lineage, check)
-                    mlflow.set_tag(HOLDOUT_TAG, holdout_md5)
-                    _log_drift(drift)
+                check()
+                version = _log_run(client, params, root, metrics, training_rows, model, sample, lineage, check)
+                mlflow.set_tag(HOLDOUT_TAG, holdout_md5)
+                _log_drift(drift)
+                check()
+                decision = _gate(client, params, root, version, metrics, holdout_md5, rescore)
+                check()
+                record = {
+                    "batch": params.batch_number,
+                    "run_id": run.info.run_id,
+                    "experiment": params.mlflow.experiment,
+                    "registered_model": params.mlflow.registered_model,
+                    "model_version": version,
+                    "data": lineage,
+                    "gate": decision.as_dict(),
+                }
+                for artifact in write_outputs(record):
                     check()
-                    decision = _gate(client, params, root, version, metrics, holdout_md5, rescore)
-                    check()
-                    record = {
-                        "batch": params.batch_number,
-                        "run_id": run.info.run_id,
-                        "experiment": params.mlflow.experiment,
-                        "registered_model": params.mlflow.registered_model,
-                        "model_version": version,
-                        "data": lineage,
-                        "gate": decision.as_dict(),
-                    }
-                    for artifact in write_outputs(record):
-                        check()
-                        mlflow.log_artifact(str(artifact))
-            except KeyboardInterrupt:  # stopped, not broken
+                    mlflow.log_artifact(str(artifact))
+                check()
+                mlflow.end_run()  # still held: a stop that comes now finds the stage's work done
+            except KeyboardInterrupt:  # stopped, not broken; the stage's handler now ignores stops
                 mlflow.end_run("KILLED")
                 raise
             finally:
@@ -175,6 +178,9 @@ def _stops_between_writes() -> Iterator:
     Raised in the middle of one, KeyboardInterrupt skips SQLAlchemy's rollback (it is not an
     Exception) and leaves a transaction open on the sqlite store: ending the run KILLED then
     waits on that lock and fails. A stop held for one write stops the stage within a second.
+    The handlers are put back once: a check() that raised has run the stage's own handler, which
+    ignores the later stops (a Ctrl-C reaches the stage from the terminal, the stage command and
+    incrml), so none can cut short ending the run KILLED. A stop after the last check() is moot.
     """
     import signal
     import threading
@@ -187,20 +193,19 @@ def _stops_between_writes() -> Iterator:
     saved = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in stops}
 
     def restore() -> None:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
+        while saved:
+            signal.signal(*saved.popitem())
 
     def check() -> None:
         if caught:
-            restore()
             handler = saved[caught[0]]
+            restore()
             if callable(handler):
                 handler(caught[0], None)  # the stage's own: it raises, and ignores later stops
             raise KeyboardInterrupt
 
     try:
         yield check
-        check()
     finally:
         restore()
 

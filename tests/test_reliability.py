@@ -106,6 +106,29 @@ def test_signal_during_a_stage_stops_it_and_puts_the_workspace_back(ingested, si
     assert_clean_at(ingested, 3)
 
 
+def test_the_stops_after_the_first_cannot_cut_short_ending_the_run_killed():
+    """A Ctrl-C reaches evaluate three times (the terminal, the stage command, incrml): the first
+    stops it at the next check, and those that come while the run is ended KILLED are ignored."""
+    from incrml.stages import _stop
+    from incrml.tracking import _stops_between_writes
+
+    saved = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}  # as run_body sets them
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _stops_between_writes() as check:
+                os.kill(os.getpid(), signal.SIGINT)
+                check()
+        try:  # where evaluate ends the run KILLED
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # let Python run the handlers
+        except KeyboardInterrupt:
+            pytest.fail("a later stop interrupted ending the run KILLED")
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
 def test_sigkill_mid_stage_is_repaired_by_the_next_command(ingested):
     proc = incrml(ingested, "ingest-batch", "3")
     wait_for(lambda: evaluate_running(ingested), what="evaluate to open its MLflow run")
