@@ -82,6 +82,7 @@ def reproduce_batch(
         repair(layout, params)
         check_available(layout, params, batch)
         check_reachable(params, root)
+        pipeline.start_log(root)
         params_path = root / PARAMS_FILE
         # Put back by a rename, which needs no free space: a full disk cannot strand the new batch.
         shutil.copyfile(params_path, layout.params_backup)

@@ -55,9 +55,9 @@ def reproduce(
     from dvc.repo.reproduce import _reproduce_stage
 
     results: list[StageResult] = []
-    log = root / ".dvc/tmp/incrml-stages.log"
+    log = stage_log(root)
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("")
+    mark = log.stat().st_size if log.exists() else 0
     current: list[str] = []
 
     def repro_fn(stage, **kwargs):
@@ -87,7 +87,7 @@ def reproduce(
             signum = _stopped_by(status)
             if signum:
                 raise Interrupted(signum) from None
-            said = _last_line(log)
+            said = _last_line(log, mark)
             if current and status == DriftRefused.exit_code:  # the drift gate refused the batch
                 raise DriftRefused(said.removeprefix("Error: ")) from None
             if current and said:
@@ -125,8 +125,24 @@ def track(root: Path, path: Path) -> None:
         raise IncrmlError(_dvc_message(exc)) from None
 
 
-def _last_line(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+def stage_log(root: Path) -> Path:
+    """Where the stages' output and DVC's warnings go: one log per command, which start_log
+    begins, so a put-back after a failure adds to it instead of erasing what failed."""
+    return root / ".dvc/tmp/incrml-stages.log"
+
+
+def start_log(root: Path) -> None:
+    log = stage_log(root)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+
+
+def _last_line(log: Path, start: int = 0) -> str:
+    """The last line written to `log` after byte `start`."""
+    with open(log, "rb") as handle:
+        handle.seek(start)
+        text = handle.read().decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 

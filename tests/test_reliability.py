@@ -98,6 +98,8 @@ def test_signal_during_a_stage_stops_it_and_puts_the_workspace_back(ingested, si
     assert proc.returncode == code, err
     assert "Traceback" not in err
     assert f"interrupted by {signal.Signals(signum).name}" in err
+    # the put-back adds to the command's stage log, so what the stopped stage said is still there
+    assert "Error: stopped by SIG" in (ingested / ".dvc/tmp/incrml-stages.log").read_text()
 
     runs, _ = mlflow_runs(ingested)
     assert {r.info.status for r in runs if r.data.tags.get("incrml.batch") == "3"} <= {"KILLED", "FAILED"}
