@@ -133,6 +133,8 @@ def log_batch_run(
     """
     import mlflow
 
+    from incrml.gate import CHAMPION
+
     marker = Layout(root).run_marker
     name = f"batch-{params.batch_number}"
     with _store(params, root) as client:
@@ -162,7 +164,11 @@ def log_batch_run(
                     check()
                     mlflow.log_artifact(str(artifact))
                 check()
-                mlflow.end_run()  # still held: a stop that comes now finds the stage's work done
+                # Still held: the champion moves only with a run that ends FINISHED, and a stop
+                # that comes now finds the stage's work done.
+                if decision.promoted:
+                    client.set_registered_model_alias(params.mlflow.registered_model, CHAMPION, version)
+                mlflow.end_run()
             except KeyboardInterrupt:  # stopped, not broken; the stage's handler now ignores stops
                 mlflow.end_run("KILLED")
                 raise
@@ -278,25 +284,30 @@ def _log_drift(report: dict) -> None:
 
 
 def _gate(client, params: Params, root: Path, version: str, metrics: dict[str, float], holdout_md5: str, rescore):
-    """Challenger `version` against the champion on this holdout; the alias moves if it wins.
-    The decision and both numbers are logged to the active run."""
+    """Challenger `version` against the champion on this holdout. The decision and both numbers
+    are logged to the active run; log_batch_run moves the alias if the challenger won."""
     import mlflow
 
-    from incrml.gate import CHAMPION, decide
+    from incrml.gate import CHAMPION, Decision, decide
 
     name, metric = params.mlflow.registered_model, params.evaluate.primary_metric
     champion = _alias_version(client, name, CHAMPION)
     held_by = str(champion.version) if champion is not None else None  # an int from MLflow here
-    same, value = held_by == version, None
+    same, value, unscorable = held_by == version, None, None
     if champion is not None and not same:
         champion_run = client.get_run(champion.run_id)
         value = champion_run.data.metrics.get(metric)
         if champion_run.data.tags.get(HOLDOUT_TAG) != holdout_md5 or value is None:
             # measured on another holdout: score it on this one
-            value = rescore(load_registered_model(root, params, version=held_by).model)[metric]
-    decision = decide(metric, metrics[metric], value, held_by, params.evaluate.tolerance, same_model=same)
-    if decision.promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
+            try:
+                value = rescore(load_registered_model(root, params, version=held_by).model)[metric]
+            except (IncrmlError, KeyError, ValueError) as exc:  # other features or source: not comparable
+                unscorable = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if unscorable:
+        reason = f"champion v{held_by} cannot be scored on this holdout ({unscorable}); the challenger replaces it"
+        decision = Decision(True, metric, metrics[metric], None, held_by, reason)
+    else:
+        decision = decide(metric, metrics[metric], value, held_by, params.evaluate.tolerance, same_model=same)
     mlflow.set_tags({GATE_TAG: decision.summary, GATE_REASON_TAG: decision.reason})
     if decision.champion is not None:
         mlflow.log_metric(f"champion_{metric}", decision.champion)
@@ -304,13 +315,16 @@ def _gate(client, params: Params, root: Path, version: str, metrics: dict[str, f
 
 
 def _alias_version(client, name: str, alias: str):
-    """The model version an alias points at, or None."""
+    """The model version an alias points at, or None if there is none (any other failure of the
+    store, a server's timeout say, is raised: it must not read as "no champion")."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 # The non-default types in incrml's models that skops may load.

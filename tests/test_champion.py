@@ -209,6 +209,20 @@ def test_a_champion_measured_on_another_holdout_is_scored_again(ingested, cli):
     assert run_of(ingested, 3).data.metrics["champion_accuracy"] == batch2.data.metrics["accuracy"]
 
 
+def test_a_champion_that_cannot_be_scored_on_the_new_holdout_is_replaced_and_says_why(ingested, cli):
+    params = ingested / "params.yaml"
+    text = params.read_text()
+    params.write_text(text.replace("    kind: digits\n", "    kind: synthetic\n    rows: 400\n    features: 5\n"))
+    assert champion(ingested) == "2"
+
+    result = cli("ingest-batch", "1")  # batch 2's model wants 64 pixels; this holdout has 5 features
+    assert result.exit_code == 0, result.output
+    run = run_of(ingested, 1)
+    assert run.data.tags["incrml.gate"] == "promoted"
+    assert "champion v2 cannot be scored on this holdout" in run.data.tags["incrml.gate_reason"]
+    assert champion(ingested) == run.data.tags["incrml.model_version"]
+
+
 def test_the_painter_draws_what_it_is_sent_and_ends_when_sent_nothing(tmp_path):
     from incrml import journal
 
