@@ -262,11 +262,13 @@ def _as_dtype(values: pd.Series, dtype: str) -> pd.Series:
 
 
 def not_numbers(values: pd.Series) -> tuple[int, object]:
+    """How many values are not finite numbers (text, or ±inf, which no scaler or model takes),
+    and the first of them; empty cells are not counted (they are imputed)."""
+    import numpy as np
     import pandas as pd
 
-    if pd.api.types.is_numeric_dtype(values):
-        return 0, None
-    bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
+    numbers = values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
+    bad = (numbers.isna() & values.notna()) | np.isinf(numbers.astype("float64"))
     return int(bad.sum()), values[bad].iloc[0] if bad.any() else None
 
 

@@ -11,10 +11,8 @@ import pandas as pd
 import pytest
 from conftest import ROWS, one_line_error, snapshot
 from ruamel.yaml import YAML
-from typer.testing import CliRunner
 
 from incrml import batch_files, pipeline
-from incrml.cli import app
 from incrml.config import Params, load_params
 from incrml.errors import IncrmlError
 from incrml.files import read_json
@@ -88,6 +86,9 @@ def _bad_files(folder: Path, good: pd.DataFrame) -> dict[str, Path]:
     letters = good.astype({"pixel_0_5": object})
     letters.loc[[1, 2, 3], "pixel_0_5"] = "abc"
     csv("not numbers", letters)
+    infinite = good.astype({"pixel_0_6": float})
+    infinite.loc[[2, 4], "pixel_0_6"] = [np.inf, -np.inf]
+    csv("infinite", infinite)
     csv("no target column", good.drop(columns=["target"]))
     unlabelled = good.astype({"target": float})
     unlabelled.loc[[4, 5], "target"] = np.nan
@@ -109,6 +110,7 @@ BAD_FILES = [
     ("missing column", "is not a valid batch: column 'pixel_0_3' missing"),
     ("extra column", "is not a valid batch: unexpected column 'note'"),
     ("not numbers", "column 'pixel_0_5': 3 rows are not numbers (e.g. 'abc')"),
+    ("infinite", "column 'pixel_0_6': 2 rows are not numbers (e.g. inf)"),
     ("no target column", "target column 'target' missing"),
     ("no labels", "target 'target': 2 rows have no label"),
     ("unseen label", "target 'target': 1 row has an unseen label (e.g. 17)"),

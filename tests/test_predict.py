@@ -168,6 +168,7 @@ def _inputs(root: Path, folder: Path) -> None:
     typed = rows.astype({"pixel_1_1": object})
     typed.loc[typed.index[[2, 5]], "pixel_1_1"] = ["abc", "?"]
     typed.to_csv(folder / "typed.csv", index=False)
+    rows.assign(pixel_2_2=float("inf")).to_parquet(folder / "infinite.parquet", index=False)
     rows.assign(prediction=0).to_csv(folder / "scored.csv", index=False)
 
 
@@ -185,6 +186,11 @@ BAD = [
         ["--file", "typed.csv", "--model", "v2"],
         "typed.csv does not match model 'incrml-model' v2: column 'pixel_1_1' should be double: "
         "2 rows are not numbers (e.g. 'abc')",
+    ),
+    (
+        ["--file", "infinite.parquet", "--model", "v2"],
+        "infinite.parquet does not match model 'incrml-model' v2: column 'pixel_2_2' should be double: "
+        "20 rows are not numbers (e.g. inf)",
     ),
     (["--file", "good.csv", "--model", "v9"], "model 'incrml-model' has no version 9; its versions: v1, v2"),
     (["--file", "good.csv", "--model", "best"], "--model must be 'champion' or a version such as v3 (or 3), got 'best'"),
