@@ -11,7 +11,7 @@ import json
 import os
 import signal
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,7 +82,7 @@ def painter() -> Iterator[Draw]:
     pending = [write_end]
 
     def draw(history: list[dict], metrics: list[str], path: Path) -> None:
-        with os.fdopen(pending.pop(), "w") as pipe:
+        with suppress(BrokenPipeError), os.fdopen(pending.pop(), "w") as pipe:  # a painter that failed early
             pipe.write(json.dumps({"history": history, "metrics": metrics, "path": str(path)}))
         if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
             draw_here(history, metrics, path)
