@@ -6,7 +6,6 @@ from pathlib import Path
 
 from incrml import journal
 from incrml.config import load_params
-from incrml.errors import IncrmlError
 from incrml.files import read_json
 from incrml.ingest import Progress, reproduce_batch
 from incrml.lock import workspace_lock
@@ -15,12 +14,11 @@ from incrml.workspace import Layout
 
 def _ingested_version(root: Path, batch: int) -> str:
     """The model version of batch's newest finished run; an error if there is none."""
-    from incrml.tracking import batch_runs
+    from incrml.tracking import batch_runs, missing_batch
 
     runs = batch_runs(root, load_params(root))
     if batch not in runs or not runs[batch].model_version:
-        have = ", ".join(map(str, runs)) or "none"
-        raise IncrmlError(f"batch {batch} has no registered model (batches ingested: {have})")
+        raise missing_batch(runs, batch, "no registered model")
     return runs[batch].model_version
 
 

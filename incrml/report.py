@@ -89,13 +89,12 @@ def _gate(summary: str | None) -> Text:
 
 
 def compare_data(root: Path, params: Params, first: int, second: int) -> dict:
-    from incrml.tracking import batch_runs, champion_version
+    from incrml.tracking import batch_runs, champion_version, missing_batch
 
     runs, champion = batch_runs(root, params), champion_version(root, params)
     for batch in (first, second):
         if batch not in runs:
-            have = ", ".join(map(str, runs)) or "none"
-            raise IncrmlError(f"batch {batch} has no finished MLflow run (batches ingested: {have})")
+            raise missing_batch(runs, batch, "no finished MLflow run")
     a, b = runs[first], runs[second]
     metric_names = sorted((set(a.metrics) | set(b.metrics)) - {"training_rows"})
     metrics = {}
@@ -193,12 +192,11 @@ def lineage_data(root: Path, params: Params, batch: int) -> dict:
     """batch -> DVC hashes -> MLflow run -> dataset digest -> model version -> aliases, and checks
     that each link agrees with the next and with what DVC holds."""
     from incrml.pipeline import cached, lock_hashes
-    from incrml.tracking import batch_runs, run_lineage
+    from incrml.tracking import batch_runs, missing_batch, run_lineage
 
     runs = batch_runs(root, params)
     if batch not in runs:
-        have = ", ".join(map(str, runs)) or "none"
-        raise IncrmlError(f"batch {batch} has no finished MLflow run (batches ingested: {have})")
+        raise missing_batch(runs, batch, "no finished MLflow run")
     found = run_lineage(root, params, runs[batch].run_id)
     data_md5, model_md5 = found["data_md5"], found["dvc"].get("models/model.pkl")
     in_cache = cached(root, [md5 for md5 in (data_md5, model_md5) if md5])

@@ -354,6 +354,12 @@ class BatchRun:
         return int(rows) if rows is not None else None
 
 
+def missing_batch(runs: dict[int, BatchRun], batch: int, lacking: str) -> IncrmlError:
+    """The error for a batch that `runs` (from batch_runs) lacks, naming the batches it has."""
+    have = ", ".join(map(str, runs)) or "none"
+    return IncrmlError(f"batch {batch} has {lacking} (batches ingested: {have})")
+
+
 def batch_runs(root: Path, params: Params) -> dict[int, BatchRun]:
     """Every batch with a finished run, newest run per batch, keyed by batch number."""
     with _store(params, root) as client:
