@@ -102,14 +102,14 @@ def reproduce_batch(
                 if key:
                     pipeline.save_snapshot(root)  # its own key: a refused batch changed params.yaml
                 return results
-            except IncrmlError as exc:
+            except (IncrmlError, OSError) as exc:  # OSError: a full disk or read-only workspace, here
                 stop.settle()
                 if params_path.read_bytes() != layout.params_backup.read_bytes():
                     os.replace(layout.params_backup, params_path)
                     stop.reset()
                     try:
                         pipeline.reproduce(root, target, single, env=env, stop=stop.check)
-                    except IncrmlError:
+                    except (IncrmlError, OSError):
                         pass  # the original error is the one to report; `incrml status` shows what is stale
                 if stop.signum and not isinstance(exc, Interrupted):
                     raise Interrupted(stop.signum) from None

@@ -297,6 +297,21 @@ def test_disk_full_is_one_line_and_nothing_half_written(ingested, tmp_path):
         assert_clean_at(root, 3)
 
 
+def test_a_write_failing_in_incrml_itself_puts_the_workspace_back(ingested):
+    # The pipeline reproduces batch 3, then keeping its dvc.lock fails (a file where the folder
+    # of kept locks goes): an OSError in incrml's own process, not in a stage.
+    kept = ingested / ".dvc/tmp/incrml-locks"
+    if kept.is_dir():
+        for lock in kept.iterdir():
+            lock.unlink()
+        kept.rmdir()
+    kept.write_text("in the way")
+    failed = run(ingested, "ingest-batch", "3")
+    assert failed.returncode == 74
+    assert ".dvc/tmp/incrml-locks" in one_line_error(failed)
+    assert_clean_at(ingested, 2)
+
+
 def test_read_only_workspace_is_one_line_and_changes_nothing(ingested, tmp_path):
     with small_disk(tmp_path / "disk", "200m") as disk:
         root = _copy_into(ingested, disk)
