@@ -37,14 +37,15 @@ def promote(root: Path, batch: int, wait: float = 5.0) -> dict:
 def rollback(root: Path, batch: int, progress: Progress | None = None, wait: float = 5.0) -> dict:
     """Return the workspace to a batch ingested before: params.yaml, data, model and metrics
     reproduced through DVC (restored from its cache), and the champion alias on that batch's model."""
-    from incrml.tracking import set_champion
+    from incrml.tracking import champion_version, set_champion
 
     with workspace_lock(root, f"rollback {batch}", wait):
         _ingested_version(root, batch)  # refuse a batch never ingested before anything changes
+        before = champion_version(root, load_params(root))  # the gate moves it if evaluate runs again
         stages = reproduce_batch(root, batch, progress=progress, wait=wait, command=f"rollback {batch}")
         params = load_params(root)
         version = read_json(Layout(root).run_record)["model_version"]
-        before = set_champion(root, params, version, f"rollback {batch}")
+        set_champion(root, params, version, f"rollback {batch}")
         journal.refresh(root, params)
     retrained = [s.stage for s in stages if s.outcome == "ran" and s.stage in ("train", "evaluate")]
     return {
