@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -247,17 +248,20 @@ def test_the_history_read_is_bounded_and_spread_over_the_batches(tmp_path: Path)
     assert list(merge_data.spread(list(range(1, 10)))) == [1, 5, 3, 7, 2, 6, 4, 8, 9]
 
 
-def test_a_batch_seen_again_gets_its_report_from_the_memo_and_only_then(tmp_path: Path) -> None:
+def test_a_batch_seen_again_gets_its_statistics_from_the_memo_and_only_then(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
     first = {batch: ingest(layout, params_for(batch)) for batch in (1, 2, 3)}
     memos = sorted(layout.drift_memo.iterdir())
     assert len(memos) == 2  # batch 1 has no history to compare with
-    for memo in memos:  # what the memo returns is what is written: mark it to see it used
-        memo.write_text(memo.read_text().replace('"batch": ', '"from_memo": true, "batch": '))
+    for memo in memos:  # mark what is kept, to see it used
+        memo.write_text(re.sub(r'"history_rows": \d+', '"history_rows": -1', memo.read_text()))
     again = ingest(layout, params_for(2))
-    assert again.pop("from_memo") and again == first[2]
+    assert again["history_rows"] == -1 and {**again, "history_rows": first[2]["history_rows"]} == first[2]
+    # the same batch kept out (as the refuse gate's second pass does) decides anew from the same statistics
+    excluded = ingest(layout, params_for(3, exclude=(3,)))
+    assert excluded["history_rows"] == -1 and excluded["decision"] == "excluded"
     # another history (batch 1 kept out) is another key: computed afresh
-    assert "from_memo" not in ingest(layout, params_for(3, exclude=(1,)))
+    assert ingest(layout, params_for(3, exclude=(1,)))["history_rows"] > 0
 
 
 def test_an_excluded_batch_leaves_data_merged_as_the_batch_before(tmp_path: Path) -> None:

@@ -182,24 +182,27 @@ def check_drift(layout: Layout, params: Params, schema: dict, history: list[int]
     if settings.gate == "off" or not history:
         return drift.report(batch, settings.gate, excluded, [], 0, None)
     chosen = history_partitions(layout.merged, history, settings.history_rows)
-    inputs = [batch, excluded, settings.model_dump(mode="json"), schema["digest"], file_md5(layout.batch),
+    # The statistics are kept, not the decision: a batch the gate refused is checked again
+    # once excluded, and gets the same statistics without computing them.
+    inputs = [batch, settings.model_dump(mode="json"), schema["digest"], file_md5(layout.batch),
               [(n, take, file_md5(partition(layout.merged, n, "parquet"))) for n, take in chosen],
               hashlib.md5(Path(drift.__file__).read_bytes()).hexdigest()]
     memo = layout.drift_memo / f"{hashlib.md5(json.dumps(inputs).encode()).hexdigest()}.json"
     if memo.exists():
-        return read_json(memo)
-    import pyarrow.parquet as pq
+        kept = read_json(memo)
+    else:
+        import pyarrow.parquet as pq
 
-    features, target = schema["features"], schema["target"]
-    columns = [*features, target]
-    sample = history_sample(layout.merged, chosen, columns)
-    frame = pq.read_table(layout.batch, columns=columns).to_pandas()
-    statistics = drift.compare(
-        frame, sample, features, target, settings.psi_threshold, settings.p_value, settings.max_share
-    )
-    report = drift.report(batch, settings.gate, excluded, sorted(n for n, _ in chosen), len(sample), statistics)
-    write_json(memo, report)
-    return report
+        features, target = schema["features"], schema["target"]
+        columns = [*features, target]
+        sample = history_sample(layout.merged, chosen, columns)
+        frame = pq.read_table(layout.batch, columns=columns).to_pandas()
+        statistics = drift.compare(
+            frame, sample, features, target, settings.psi_threshold, settings.p_value, settings.max_share
+        )
+        kept = {"history_rows": len(sample), "statistics": statistics}
+        write_json(memo, kept)
+    return drift.report(batch, settings.gate, excluded, sorted(n for n, _ in chosen), kept["history_rows"], kept["statistics"])
 
 
 if __name__ == "__main__":
