@@ -13,8 +13,8 @@ from pathlib import Path
 from incrml import pipeline
 from incrml.config import PARAMS_FILE, Params, add_excluded_batch, load_params, write_batch_number
 from incrml.errors import DriftRefused, IncrmlError, Interrupted
-from incrml.lock import workspace_lock
 from incrml.files import read_json
+from incrml.lock import workspace_lock
 from incrml.pipeline import StageResult
 from incrml.tracking import check_reachable
 from incrml.worker import warm_worker
