@@ -36,14 +36,18 @@ def decide(
     champion_version: str | None,
     tolerance: float,
     same_model: bool = False,
+    unscorable: str | None = None,
 ) -> Decision:
-    """Promote when the challenger's metric is at least the champion's less the tolerance."""
+    """Promote when the challenger's metric is at least the champion's less the tolerance, or
+    when the champion cannot be scored on this holdout at all (`unscorable` says why)."""
 
     def decision(promoted: bool, reason: str) -> Decision:
         return Decision(promoted, metric, challenger, champion, champion_version, reason)
 
     if same_model:
         return decision(False, f"the same model as champion v{champion_version}")
+    if unscorable:
+        return decision(True, f"champion v{champion_version} cannot be scored on this holdout ({unscorable})")
     if champion_version is None or champion is None:
         return decision(True, "no champion yet")
     allowed = f" - tolerance {tolerance:g}" if tolerance else ""

@@ -288,7 +288,7 @@ def _gate(client, params: Params, root: Path, version: str, metrics: dict[str, f
     are logged to the active run; log_batch_run moves the alias if the challenger won."""
     import mlflow
 
-    from incrml.gate import CHAMPION, Decision, decide
+    from incrml.gate import CHAMPION, decide
 
     name, metric = params.mlflow.registered_model, params.evaluate.primary_metric
     champion = _alias_version(client, name, CHAMPION)
@@ -303,11 +303,7 @@ def _gate(client, params: Params, root: Path, version: str, metrics: dict[str, f
                 value = rescore(load_registered_model(root, params, version=held_by).model)[metric]
             except (IncrmlError, KeyError, ValueError) as exc:  # other features or source: not comparable
                 unscorable = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if unscorable:
-        reason = f"champion v{held_by} cannot be scored on this holdout ({unscorable}); the challenger replaces it"
-        decision = Decision(True, metric, metrics[metric], None, held_by, reason)
-    else:
-        decision = decide(metric, metrics[metric], value, held_by, params.evaluate.tolerance, same_model=same)
+    decision = decide(metric, metrics[metric], value, held_by, params.evaluate.tolerance, same, unscorable)
     mlflow.set_tags({GATE_TAG: decision.summary, GATE_REASON_TAG: decision.reason})
     if decision.champion is not None:
         mlflow.log_metric(f"champion_{metric}", decision.champion)

@@ -58,6 +58,12 @@ def test_gate_promotes_only_a_model_at_least_as_good(challenger, champion_value,
     assert decision.summary == ("promoted" if promoted else f"kept v{version}")
 
 
+def test_a_champion_that_cannot_be_scored_is_replaced_whatever_the_numbers():
+    decision = decide("accuracy", 0.10, None, "3", 0.0, unscorable="X has 5 features, but it expects 64")
+    assert decision.promoted and decision.summary == "promoted"
+    assert decision.reason == "champion v3 cannot be scored on this holdout (X has 5 features, but it expects 64)"
+
+
 def test_the_first_batches_are_gated_and_logged(ingested):
     batch1, batch2 = run_of(ingested, 1), run_of(ingested, 2)
     assert batch1.data.tags["incrml.gate"] == "promoted"

@@ -202,7 +202,8 @@ def check_drift(layout: Layout, params: Params, schema: dict, history: list[int]
         )
         kept = {"history_rows": len(sample), "statistics": statistics}
         write_json(memo, kept)
-    return drift.report(batch, settings.gate, excluded, sorted(n for n, _ in chosen), kept["history_rows"], kept["statistics"])
+    history_batches = sorted(n for n, _ in chosen)
+    return drift.report(batch, settings.gate, excluded, history_batches, kept["history_rows"], kept["statistics"])
 
 
 if __name__ == "__main__":
