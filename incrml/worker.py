@@ -1,13 +1,15 @@
-"""A warm stage worker: a fork server that imports the heavy libraries once per ingest.
+"""A warm stage worker: fork servers that import the heavy libraries once per ingest.
 
 DVC runs every stage as a new process, and most of such a process's life goes to importing
-scikit-learn, pandas and MLflow. While incrml drives DVC, two zygote processes import them once,
-one what the data stages need and one what train and evaluate need, so that neither waits on
-the other's imports. Each stage command, finding INCRML_WORKER in its environment, asks its
-zygote to fork a child
-that runs the very same stage function in the stage's folder and environment, and exits with
-the child's exit code. DVC still starts, times and checks every stage. `dvc repro` from a shell
-runs each stage in its own process as usual: the same code, the same outputs.
+scikit-learn, pandas and MLflow. While incrml drives DVC, two zygote processes hold those
+imports: the data zygote imports what every stage needs (pandas, SciPy, scikit-learn), then
+forks the model zygote, which goes on to MLflow for evaluate while the data zygote serves the
+data stages and train. The shared imports are made once, and evaluate's long chain of imports
+starts from them. Each stage command, finding INCRML_WORKER in its environment, asks its
+zygote to fork a child that runs the very same stage function in the stage's folder and
+environment, and exits with the child's exit code. DVC still starts, times and checks every
+stage. `dvc repro` from a shell runs each stage in its own process as usual: the same code, the
+same outputs.
 """
 
 from __future__ import annotations
@@ -26,28 +28,27 @@ from contextlib import contextmanager, suppress
 
 WORKER_ENV = "INCRML_WORKER"
 DISABLE_ENV = "INCRML_NO_WORKER"
-# What each zygote imports, in the order its stages need them; a stage goes to the zygote
-# that lists its module.
+# What each zygote imports, in the order its stages need them; a stage goes to the zygote that
+# lists its module. "@model" is where the data zygote forks the model zygote, which starts with
+# everything imported before it.
 ZYGOTES = {
     "data": (
         "numpy",
         "pyarrow.parquet",
-        "incrml.stages.prepare_batch",
-        "incrml.stages.merge_data",
-        "incrml.stages.preprocess",
         "pandas",
-        "incrml.stages.get_data",
-        "scipy.stats",  # merge_data's drift check, from batch 2 on
-    ),
-    "model": (
-        "numpy",
+        "scipy.stats",  # merge_data's drift check; scikit-learn imports it too
         "sklearn.linear_model",
         "sklearn.pipeline",
         "sklearn.preprocessing",
-        "pyarrow.parquet",
-        "pandas",
         "joblib",
+        "@model",
+        "incrml.stages.prepare_batch",
+        "incrml.stages.merge_data",
+        "incrml.stages.preprocess",
         "incrml.stages.train",
+        "incrml.stages.get_data",
+    ),
+    "model": (
         "sklearn.metrics",
         "mlflow",
         "mlflow.sklearn",
@@ -64,93 +65,126 @@ ZYGOTES = {
         "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
     ),
 }
+FORK = "@"
 
 
-_running: set[int] = set()  # the zygotes this process started
+_started: list[str] = []  # the worker folder this process runs, if any
 
 
 def zygotes() -> frozenset[int]:
     """The pids of the zygotes this process runs (none outside warm_worker)."""
-    return frozenset(_running)
+    pids = set()
+    for folder in _started:
+        for name in ZYGOTES:
+            with suppress(OSError, ValueError), open(os.path.join(folder, f"{name}.pid")) as handle:
+                pids.add(int(handle.read()))
+    return frozenset(pids)
 
 
 @contextmanager
 def warm_worker() -> Iterator[dict[str, str]]:
     """Run the zygotes for the duration of the block; yields the environment that points stages
-    at them (a folder holding one socket per zygote)."""
+    at them (a folder holding a socket and a pid file per zygote)."""
     if not hasattr(os, "fork") or os.environ.get(DISABLE_ENV) or os.environ.get(WORKER_ENV):
         yield {}  # no worker wanted, or this process started one already (incrml.launch)
         return
     folder = tempfile.mkdtemp(prefix="incrml-")
-    pids = []
+    _started.append(folder)
+    first, servers = None, {}
     try:
-        for name, preload in ZYGOTES.items():
-            pids.append(_start_zygote(os.path.join(folder, name), preload))
-            _running.add(pids[-1])
+        # Every socket listens from the start: a stage that asks for a zygote not forked yet
+        # waits in the backlog. Each is then held open by its zygote alone (or the one that
+        # will fork it), so a stage asking a zygote that has died is refused at once.
+        for name in ZYGOTES:
+            servers[name] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            servers[name].bind(os.path.join(folder, name))
+            servers[name].listen(4)
+        first = _fork_zygote(folder, next(iter(ZYGOTES)), servers)
         yield {WORKER_ENV: folder}
     finally:
-        # DVC is done, so no stage is being served: end the zygotes now, even mid-import.
-        for pid in pids:
-            _running.discard(pid)
+        # DVC is done, so no stage is being served: end the zygotes now, even mid-import; a
+        # forked one before its parent, which reaps it.
+        for pid in sorted(zygotes() | {first} - {None}, key=lambda pid: pid == first):
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if first is not None:
             with suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+                os.waitpid(first, 0)
+        for server in servers.values():  # left only if the first fork failed
+            server.close()
+        _started.remove(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _start_zygote(address: str, preload: tuple[str, ...]) -> int:
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(address)
-    server.listen(4)
+def _fork_zygote(folder: str, name: str, servers: dict[str, socket.socket]) -> int:
+    """Fork the zygote `name`. Of the listening `servers`, it keeps its own and those of the
+    zygotes it forks, which are taken out of `servers` and closed here, in the parent. It ends
+    with the process that forked it."""
     parent = os.getpid()
+    forks = {item.removeprefix(FORK) for item in ZYGOTES[name] if item.startswith(FORK)}
+    mine = {key: server for key, server in servers.items() if key == name or key in forks}
     pid = os.fork()
     if pid == 0:  # the zygote
         code = 0
         try:
-            _zygote(server, parent, preload)
+            for key, server in servers.items():
+                if key not in mine:
+                    server.close()
+            with open(os.path.join(folder, f"{name}.pid"), "w") as handle:
+                handle.write(str(os.getpid()))
+            _zygote(folder, name, mine, parent)
         except BaseException:  # noqa: BLE001 - nothing may escape into the CLI's code path
             code = 1
         finally:
             os._exit(code)
-    server.close()
+    for key in mine:
+        servers.pop(key).close()
     return pid
 
 
-def _zygote(server: socket.socket, parent: int, preload: tuple[str, ...]) -> None:
+def _zygote(folder: str, name: str, servers: dict[str, socket.socket], parent: int) -> None:
     # Ctrl-C is for the stage; SIGTERM ends the zygote at its next turn (a stage it started
     # reports its own exit code). Children are reaped by the kernel (SIGCHLD ignored).
     stopping = []
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    os.nice(10)  # a head start must not slow down DVC's own work in the CLI
-    pending = list(preload)
+    if os.getpriority(os.PRIO_PROCESS, 0) < 10:
+        os.nice(10)  # a head start must not slow down DVC's own work in the CLI
+    server = servers[name]
+    pending = list(ZYGOTES[name])
     running: list[int] = []  # pidfds of the stages this zygote forked that still run
     while os.getppid() == parent and not stopping:
         # While a stage it forked runs, preloading would only take a core from that stage
-        # (on two cores, ~0.2 s of a 4 s ingest in interleaved runs); it goes on once the stage has ended.
-        preloading = bool(pending) and not running
+        # (on two cores, ~0.2 s of a 4 s ingest in interleaved runs); it goes on once the stage
+        # has ended. Not before it has forked the zygotes it forks: their imports come later.
+        forked = not any(item.startswith(FORK) for item in pending)
+        preloading = bool(pending) and not (running and forked)
         ready, _, _ = select.select([server, *running], [], [], 0 if preloading else 1.0)
         for fd in ready:
             if fd is server:
                 connection, _ = server.accept()
                 with connection:
-                    child = _serve(connection, server)
+                    child = _serve(connection, servers)
                 with suppress(OSError):  # already gone (Linux < 5.3 has no pidfd): nothing to wait for
                     running.append(os.pidfd_open(child))
             else:
                 os.close(fd)
                 running.remove(fd)
-        if not ready and preloading:
-            module, _, warm_up = pending.pop(0).partition(":")
-            with suppress(Exception):  # a preload is only ever a head start
-                loaded = importlib.import_module(module)
-                if warm_up:
-                    getattr(loaded, warm_up)()
+        if ready or not preloading:
+            continue
+        item = pending.pop(0)
+        if item.startswith(FORK):
+            _fork_zygote(folder, item.removeprefix(FORK), servers)
+            continue
+        module, _, warm_up = item.partition(":")
+        with suppress(Exception):  # a preload is only ever a head start
+            loaded = importlib.import_module(module)
+            if warm_up:
+                getattr(loaded, warm_up)()
 
 
-def _serve(connection: socket.socket, server: socket.socket) -> int:
+def _serve(connection: socket.socket, servers: dict[str, socket.socket]) -> int:
     """Fork a child that runs the requested stage and reports its own exit code; its pid."""
     stream = connection.makefile("rw")
     request = json.loads(stream.readline())
@@ -158,7 +192,8 @@ def _serve(connection: socket.socket, server: socket.socket) -> int:
     if child == 0:
         code = 1
         try:
-            server.close()
+            for server in servers.values():
+                server.close()
             for signum, handler in ((signal.SIGCHLD, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL),
                                     (signal.SIGINT, signal.default_int_handler)):
                 signal.signal(signum, handler)
