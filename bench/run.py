@@ -50,7 +50,7 @@ class Config:
     features: int = 20
     holdout_fraction: float = 0.2
     plot_batches: int = 10  # digits batches 1..N per side, for the plot
-    reps: int = 3  # target 1: fresh workspaces per side
+    reps: int = 5  # target 1: fresh workspaces per side
     cli_reps: int = 5  # target 2: runs of --help and of status
 
     @property
