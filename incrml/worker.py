@@ -35,6 +35,8 @@ ZYGOTES = {
     "data": (
         "numpy",
         "pyarrow.parquet",
+        "incrml.config",  # every stage validates params.yaml first: pydantic, and ruamel.yaml
+        "ruamel.yaml",
         "pandas",
         "scipy.stats",  # merge_data's drift check; scikit-learn imports it too
         "sklearn.linear_model",
