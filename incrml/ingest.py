@@ -17,7 +17,7 @@ from incrml.files import read_json
 from incrml.lock import workspace_lock
 from incrml.pipeline import StageResult
 from incrml.tracking import check_reachable
-from incrml.worker import warm_worker
+from incrml.worker import PR_SET_CHILD_SUBREAPER, prctl, warm_worker
 from incrml.workspace import Layout
 
 Progress = tuple[Callable[[str], None], Callable[[StageResult], None]]
@@ -240,11 +240,7 @@ class StopSignals:
 def _subreaper(on: bool) -> None:
     """While on, orphaned descendants (a stage whose shell died of a signal) become this
     process's children, so settle() finds them (Linux; elsewhere nothing changes)."""
-    with suppress(OSError, AttributeError):
-        import ctypes
-
-        PR_SET_CHILD_SUBREAPER = 36
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+    prctl(PR_SET_CHILD_SUBREAPER, int(on))
 
 
 def repair(layout: Layout, params: Params) -> None:

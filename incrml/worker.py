@@ -132,6 +132,7 @@ def _fork_zygote(folder: str, name: str, servers: dict[str, socket.socket]) -> i
             for key, server in servers.items():
                 if key not in mine:
                     server.close()
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # it dies with its parent, even a killed one
             with open(os.path.join(folder, f"{name}.pid"), "w") as handle:
                 handle.write(str(os.getpid()))
             _zygote(folder, name, mine, parent)
@@ -142,6 +143,18 @@ def _fork_zygote(folder: str, name: str, servers: dict[str, socket.socket]) -> i
     for key in mine:
         servers.pop(key).close()
     return pid
+
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def prctl(option: int, value: int) -> None:
+    """Linux's prctl(2) for this process; elsewhere, or if it fails, nothing happens."""
+    with suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
 def _zygote(folder: str, name: str, servers: dict[str, socket.socket], parent: int) -> None:

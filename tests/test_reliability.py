@@ -146,6 +146,21 @@ def test_sigkill_mid_stage_is_repaired_by_the_next_command(ingested):
     assert_clean_at(ingested, 3)
 
 
+def test_the_stage_workers_processes_never_outlive_incrml(ingested):
+    """The warm worker's zygotes end with the command: one refused before any stage ran, and
+    one killed by itself (not its group) while evaluate runs, whose stage still finishes."""
+    refused = incrml(ingested, "ingest-batch", "99")
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode != 0 and "the stream holds" in err, err
+    wait_for(lambda: not _group_alive(refused.pid), timeout=30, what="a refused command's zygotes to end")
+
+    proc = incrml(ingested, "ingest-batch", "3")
+    wait_for(lambda: evaluate_running(ingested), what="evaluate to open its MLflow run")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    wait_for(lambda: not _group_alive(proc.pid), timeout=120, what="every process of the killed command to end")
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
