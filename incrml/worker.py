@@ -217,6 +217,7 @@ def _serve(connection: socket.socket, servers: dict[str, socket.socket]) -> int:
             os.chdir(request["cwd"])
             os.environ.clear()
             os.environ.update(request["env"])
+            sys.argv = request["argv"]  # the stage command's, as MLflow records a run's source
             module = importlib.import_module(request["module"])
             from incrml.stages import run_body
 
@@ -252,6 +253,7 @@ def delegate(folder: str, body: Callable) -> int | None:
             "function": body.__name__,
             "cwd": os.getcwd(),
             "env": env,
+            "argv": sys.argv,
             "priority": os.getpriority(os.PRIO_PROCESS, 0),
         }
         stream.write(json.dumps(request) + "\n")

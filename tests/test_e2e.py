@@ -94,6 +94,10 @@ def test_plain_dvc_repro_in_repo_layout_gives_what_ingest_batch_gives(cli, works
         assert lock_hashes(clone, stage)[path] == lock_hashes(workspace, stage)[path], stage
     cli_metrics = json.loads((workspace / "metrics/metrics.json").read_text())
     assert json.loads((clone / "metrics/metrics.json").read_text()) == cli_metrics
+    # Both runs name evaluate as their source, whether the stage ran in incrml's worker or not.
+    for root in (workspace, clone):
+        newest = max(mlflow_runs(root)[0], key=lambda run: run.info.start_time)
+        assert newest.data.tags["mlflow.source.name"].endswith("incrml/stages/evaluate.py"), root
     assert _json(cli("status", "--json", cwd=clone))["up_to_date"] is True
 
 
