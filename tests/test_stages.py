@@ -231,6 +231,18 @@ def test_merge_data_for_batch_3_holds_partitions_1_to_3_and_a_manifest(tmp_path:
     assert [read_json(layout.merged / f"batch-0000{n}.json")["batch"] for n in (1, 2, 3)] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("source", ["synthetic", "digits"])
+def test_read_training_keeps_a_float32_stream_float32_and_widens_the_rest(tmp_path: Path, source: str) -> None:
+    layout = Layout(tmp_path)
+    ingest(layout, synthetic_params(3) if source == "synthetic" else Params(batch_number=3))
+    merged = read_merged(layout.merged)
+    features = [c for c in merged.columns if c != "target"]
+    x, y = merge_data.read_training(layout.merged, features, "target")
+    assert x.dtype == (np.float32 if source == "synthetic" else np.float64)
+    np.testing.assert_array_equal(x, merged[features].to_numpy(dtype=x.dtype))
+    np.testing.assert_array_equal(y, merged["target"].to_numpy())
+
+
 def test_merge_data_rebuilds_a_deleted_partition_byte_for_byte(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
     params = synthetic_params(3)

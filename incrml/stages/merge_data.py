@@ -58,14 +58,18 @@ def manifest_of(key: dict, included: list[int]) -> dict:
 
 
 def read_training(merged: Path, features: list[str], target: str):
-    """(X, y) of every partition: X one float64 matrix filled partition by partition, so the
-    peak is the matrix itself plus one partition, not a frame of everything and its copies."""
+    """(X, y) of every partition: X one matrix filled partition by partition, so the peak is the
+    matrix itself plus one partition, not a frame of everything and its copies. X is float32
+    when every feature is (a float32 stream is not widened: that would double it), else float64."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     parts = partitions(merged)
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-    x = np.empty((rows, len(features)), dtype=np.float64)
+    schema = pq.read_schema(parts[0]) if parts else None
+    narrow = schema is not None and all(schema.field(name).type == pa.float32() for name in features)
+    x = np.empty((rows, len(features)), dtype=np.float32 if narrow else np.float64)
     labels = []
     start = 0
     for part in parts:

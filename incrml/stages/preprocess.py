@@ -65,7 +65,7 @@ def build_preprocessor(spec: dict):
 
 
 def transform_in_place(preprocessor, x) -> None:
-    """What build_preprocessor's pipeline does to a float64 matrix, without copying it
+    """What build_preprocessor's pipeline does to a float matrix, without copying it
     (StandardScaler.transform copies even when asked not to): centre, scale, NaN -> 0."""
     import numpy as np
 

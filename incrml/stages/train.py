@@ -54,7 +54,7 @@ def fit(frame: pd.DataFrame, preprocessor: dict, target: str, train: TrainParams
 
 
 def fit_matrix(x, y, preprocessor: dict, train: TrainParams):
-    """fit() on a float64 matrix of the features, which is scaled in place."""
+    """fit() on a float matrix of the features, which is scaled in place."""
     from sklearn.pipeline import Pipeline
 
     pre = build_preprocessor(preprocessor)
