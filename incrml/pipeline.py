@@ -300,14 +300,51 @@ def snapshot_key(root: Path) -> str:
     digest = hashlib.md5()
     for name in ("params.yaml", "dvc.yaml"):
         digest.update((root / name).read_bytes())
+    files = []
     for dep in _external_deps(root):
         path = root / dep
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            if file.exists():
-                digest.update(os.fsencode(file.relative_to(root)))
-                digest.update(hashlib.md5(file.read_bytes()).digest())
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file, md5 in _file_md5s(root, [f for f in files if f.exists()]):
+        digest.update(os.fsencode(file.relative_to(root)))
+        digest.update(bytes.fromhex(md5))
     return digest.hexdigest()
+
+
+MD5_MEMO = ".dvc/tmp/incrml-md5s.json"
+
+
+def _file_md5s(root: Path, files: list[Path]) -> list[tuple[Path, str]]:
+    """Each file with the md5 of its bytes. A file whose size, mtime and inode are those it had
+    when last hashed is not read again (as DVC's own state does): a files stream's history costs
+    a stat per file per ingest, not a read of every byte of it."""
+    import hashlib
+    import json
+
+    from incrml.files import atomic_write_text
+
+    memo_path = root / MD5_MEMO
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    memo = memo if isinstance(memo, dict) else {}
+    known, result = {}, []
+    for file in files:
+        stat = file.stat()
+        name, stamp = str(file.relative_to(root)), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        entry = memo.get(name)
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] == stamp:
+            md5 = entry[1]
+        else:
+            with open(file, "rb") as handle:
+                md5 = hashlib.file_digest(handle, "md5").hexdigest()
+        known[name] = [stamp, md5]
+        result.append((file, md5))
+    if known != memo:
+        with suppress(OSError):  # only a cache: a read-only workspace hashes again next time
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(memo_path, json.dumps(known))
+    return result
 
 
 def save_snapshot(root: Path) -> None:

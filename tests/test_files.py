@@ -3,7 +3,9 @@ and the validation and the merge rebuild on small frames, without them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from incrml import batch_files, pipeline
 from incrml.config import Params, load_params
 from incrml.errors import IncrmlError
 from incrml.files import read_json
-from incrml.pipeline import stale_stages
+from incrml.pipeline import MD5_MEMO, snapshot_key, stale_stages
 from incrml.stages import get_data, merge_data, prepare_batch
 from incrml.stages.get_data import file_md5
 from incrml.workspace import Layout
@@ -226,3 +228,30 @@ def test_merge_data_rebuilds_only_the_partition_whose_file_changed(tmp_path):
     pd.testing.assert_frame_equal(rebuilt, pd.read_parquet(layout.batch_file(2)))
     assert (layout.merged / "batch-00001.parquet").stat().st_mtime_ns == first
     assert read_json(layout.merged / "batch-00001.json")["rows"] == 30 - 6
+
+
+def test_the_snapshot_key_reads_a_batch_file_once_then_only_when_it_changes(tmp_path):
+    """The key of an ingest's inputs costs a stat per batch file, not a read of the history."""
+    (tmp_path / "params.yaml").write_text("batch_number: 1\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: 'true'\n    deps: [data/source/batches]\n    outs: [out]\n")
+    batches = tmp_path / "data/source/batches"
+    batches.mkdir(parents=True)
+    for name in "ab":
+        (batches / f"batch-{name}.parquet").write_bytes(name.encode() * 1000)
+    key = snapshot_key(tmp_path)
+    memo_path = tmp_path / MD5_MEMO
+    memo = json.loads(memo_path.read_text())
+    assert memo["data/source/batches/batch-a.parquet"][1] == hashlib.md5(b"a" * 1000).hexdigest()
+
+    # Unchanged on disk (size, mtime, inode): the memo's md5 is taken, the bytes are not read.
+    memo["data/source/batches/batch-a.parquet"][1] = hashlib.md5(b"other").hexdigest()
+    memo_path.write_text(json.dumps(memo))
+    assert snapshot_key(tmp_path) != key
+    # Changed on disk, even to bytes of the same size: read again.
+    changed = batches / "batch-a.parquet"
+    changed.write_bytes(b"c" * 1000)
+    os.utime(changed, ns=(1, 1))
+    assert snapshot_key(tmp_path) != key
+    changed.write_bytes(b"a" * 1000)
+    os.utime(changed, ns=(2, 2))
+    assert snapshot_key(tmp_path) == key
