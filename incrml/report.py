@@ -202,6 +202,7 @@ def lineage_data(root: Path, params: Params, batch: int) -> dict:
     in_cache = cached(root, [md5 for md5 in (data_md5, model_md5) if md5])
     checks = [
         ("the model version records the run's data hash", found["model_data_md5"] == data_md5),
+        ("the model version records the run's model file hash", bool(model_md5) and found["model_md5"] == model_md5),
         ("the run's dataset digest is that data hash",
          any(data_md5 and data_md5.removesuffix(".dir").startswith(d["digest"]) for d in found["datasets"])),
         ("DVC's cache holds the training data", data_md5 in in_cache),

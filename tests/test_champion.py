@@ -151,13 +151,27 @@ def test_lineage_links_batch_data_run_and_model_and_checks_them(ingested, cli):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     run2 = run_of(ingested, 2)
-    assert data["current"] and data["ok"] and len(data["checks"]) == 5
+    assert data["current"] and data["ok"] and len(data["checks"]) == 6
     assert data["run_id"] == run2.info.run_id
     assert data["dvc"]["data/merged"] == lock_hashes(ingested, "train")["data/merged"] == data["data_md5"]
     assert data["model_version"] == run2.data.tags["incrml.model_version"] and data["aliases"] == ["champion"]
     assert data["datasets"] == [{"name": "merged-batches-1-2", "digest": data["data_md5"].removesuffix(".dir")[:36]}]
     shown = cli("lineage", "1").stdout
-    assert "the model version records the run's data hash" in shown and shown.count("✓") == 4 and "✗" not in shown
+    assert "the model version records the run's data hash" in shown and shown.count("✓") == 5 and "✗" not in shown
+
+    # a model version whose model file hash is not the one its run trained: the link is named
+    from mlflow import MlflowClient
+
+    from incrml.config import tracking_uri
+
+    params = load_params(ingested)
+    MlflowClient(tracking_uri(params, ingested)).set_model_version_tag(
+        params.mlflow.registered_model, data["model_version"], "incrml.model_md5", "0" * 32
+    )
+    tampered = cli("lineage", "2")
+    assert one_line_error(tampered) == (
+        "Error: lineage of batch 2 does not hold: not so that the model version records the run's model file hash"
+    )
 
     # batch 1's training data gone from DVC's cache: the lineage no longer holds, and says why
     md5 = json.loads(cli("lineage", "1", "--json").stdout)["data_md5"]
