@@ -14,6 +14,7 @@ same outputs.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -133,6 +134,9 @@ def _fork_zygote(folder: str, name: str, servers: dict[str, socket.socket]) -> i
                 if key not in mine:
                     server.close()
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # it dies with its parent, even a killed one
+            # Imports run a fifth faster without the cycle collector, which finds next to nothing
+            # in them (measured: evaluate's imports 2.3 s -> 1.8 s, the same peak RSS).
+            gc.disable()
             with open(os.path.join(folder, f"{name}.pid"), "w") as handle:
                 handle.write(str(os.getpid()))
             _zygote(folder, name, mine, parent)
@@ -203,10 +207,12 @@ def _serve(connection: socket.socket, servers: dict[str, socket.socket]) -> int:
     """Fork a child that runs the requested stage and reports its own exit code; its pid."""
     stream = connection.makefile("rw")
     request = json.loads(stream.readline())
+    gc.freeze()  # what the zygote imported is never scanned by the child's collector
     child = os.fork()
     if child == 0:
         code = 1
         try:
+            gc.enable()  # the stage runs as it would in its own process
             for server in servers.values():
                 server.close()
             for signum, handler in ((signal.SIGCHLD, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL),
