@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import io
 import json
 import os
 import select
@@ -29,9 +30,9 @@ from contextlib import contextmanager, suppress
 
 WORKER_ENV = "INCRML_WORKER"
 DISABLE_ENV = "INCRML_NO_WORKER"
-# What each zygote imports, in the order its stages need them; a stage goes to the zygote that
-# lists its module. "@model" is where the data zygote forks the model zygote, which starts with
-# everything imported before it.
+# What each zygote imports, in order. A stage is served once its module is imported, and so
+# everything listed before it; it goes to the zygote that lists its module. "@model" is where
+# the data zygote forks the model zygote, which starts with everything imported before it.
 ZYGOTES = {
     "data": (
         "numpy",
@@ -39,16 +40,16 @@ ZYGOTES = {
         "incrml.config",  # every stage validates params.yaml first: pydantic, and ruamel.yaml
         "ruamel.yaml",
         "pandas",
+        "incrml.stages.prepare_batch",
         "scipy.stats",  # merge_data's drift check; scikit-learn imports it too
+        "incrml.stages.merge_data",
+        "incrml.stages.preprocess",
         "sklearn.linear_model",
         "sklearn.pipeline",
         "sklearn.preprocessing",
         "joblib",
-        "@model",
-        "incrml.stages.prepare_batch",
-        "incrml.stages.merge_data",
-        "incrml.stages.preprocess",
         "incrml.stages.train",
+        "@model",
         "incrml.stages.get_data",
     ),
     "model": (
@@ -63,9 +64,9 @@ ZYGOTES = {
         "alembic.script",
         "skops.io",
         "incrml.tracking",
-        "incrml.stages.evaluate",
         # log_model checks the pinned requirements against an index of every installed package.
         "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
+        "incrml.stages.evaluate",
     ),
 }
 FORK = "@"
@@ -173,7 +174,17 @@ def _zygote(folder: str, name: str, servers: dict[str, socket.socket], parent: i
     server = servers[name]
     pending = list(ZYGOTES[name])
     running: list[int] = []  # pidfds of the stages this zygote forked that still run
+    waiting: list[tuple[socket.socket, io.TextIOBase, dict]] = []  # requests for a module still to import
     while os.getppid() == parent and not stopping:
+        # A stage whose module is still to be imported waits for it: imported here, with the
+        # cycle collector off, it costs less than in the stage's child.
+        later = {item.partition(":")[0] for item in pending}
+        for request in [r for r in waiting if r[2]["module"] not in later]:
+            waiting.remove(request)
+            with request[0]:
+                child = _serve(*request, servers, waiting)
+            with suppress(OSError):  # already gone (Linux < 5.3 has no pidfd): nothing to wait for
+                running.append(os.pidfd_open(child))
         # While a stage it forked runs, preloading would only take a core from that stage
         # (on two cores, ~0.2 s of a 4 s ingest in interleaved runs); it goes on once the stage
         # has ended. Not before it has forked the zygotes it forks: their imports come later.
@@ -183,10 +194,8 @@ def _zygote(folder: str, name: str, servers: dict[str, socket.socket], parent: i
         for fd in ready:
             if fd is server:
                 connection, _ = server.accept()
-                with connection:
-                    child = _serve(connection, servers)
-                with suppress(OSError):  # already gone (Linux < 5.3 has no pidfd): nothing to wait for
-                    running.append(os.pidfd_open(child))
+                stream = connection.makefile("rw")
+                waiting.append((connection, stream, json.loads(stream.readline())))
             else:
                 os.close(fd)
                 running.remove(fd)
@@ -203,10 +212,9 @@ def _zygote(folder: str, name: str, servers: dict[str, socket.socket], parent: i
                 getattr(loaded, warm_up)()
 
 
-def _serve(connection: socket.socket, servers: dict[str, socket.socket]) -> int:
+def _serve(connection: socket.socket, stream: io.TextIOBase, request: dict, servers: dict[str, socket.socket],
+           waiting: list) -> int:
     """Fork a child that runs the requested stage and reports its own exit code; its pid."""
-    stream = connection.makefile("rw")
-    request = json.loads(stream.readline())
     gc.freeze()  # what the zygote imported is never scanned by the child's collector
     child = os.fork()
     if child == 0:
@@ -215,6 +223,9 @@ def _serve(connection: socket.socket, servers: dict[str, socket.socket]) -> int:
             gc.enable()  # the stage runs as it would in its own process
             for server in servers.values():
                 server.close()
+            for other, other_stream, _ in waiting:  # those stages' zygote answers them, not this child
+                other_stream.close()
+                other.close()
             for signum, handler in ((signal.SIGCHLD, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL),
                                     (signal.SIGINT, signal.default_int_handler)):
                 signal.signal(signum, handler)
@@ -236,6 +247,7 @@ def _serve(connection: socket.socket, servers: dict[str, socket.socket]) -> int:
             os._exit(code)
     stream.write(json.dumps({"pid": child}) + "\n")
     stream.flush()
+    stream.close()
     return child
 
 
