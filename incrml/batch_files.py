@@ -181,7 +181,7 @@ def accept_file(root: Path, path: Path, force: bool = False) -> Accepted:
     """
     from incrml import pipeline
     from incrml.files import atomic_write
-    from incrml.stages.get_data import file_md5
+    from incrml.files import file_md5
 
     layout = Layout(root)
     params = load_params(root)

@@ -1,4 +1,5 @@
-"""Atomic writes: every output is written to a temporary file beside it, then renamed into place."""
+"""Atomic writes (every output is written to a temporary file beside it, then renamed into place),
+and the md5 of a file."""
 
 from __future__ import annotations
 
@@ -36,3 +37,11 @@ def write_json(path: Path, data: object) -> None:
 
 def read_json(path: Path) -> object:
     return json.loads(path.read_text())
+
+
+def file_md5(path: Path) -> str:
+    """The md5 of a file's bytes, read in chunks."""
+    import hashlib
+
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()

@@ -317,10 +317,9 @@ def _file_md5s(root: Path, files: list[Path]) -> list[tuple[Path, str]]:
     """Each file with the md5 of its bytes. A file whose size, mtime and inode are those it had
     when last hashed is not read again (as DVC's own state does): a files stream's history costs
     a stat per file per ingest, not a read of every byte of it."""
-    import hashlib
     import json
 
-    from incrml.files import atomic_write_text
+    from incrml.files import atomic_write_text, file_md5
 
     memo_path = root / MD5_MEMO
     try:
@@ -336,8 +335,7 @@ def _file_md5s(root: Path, files: list[Path]) -> list[tuple[Path, str]]:
         if isinstance(entry, list) and len(entry) == 2 and entry[0] == stamp:
             md5 = entry[1]
         else:
-            with open(file, "rb") as handle:
-                md5 = hashlib.file_digest(handle, "md5").hexdigest()
+            md5 = file_md5(file)
         known[name] = [stamp, md5]
         result.append((file, md5))
     if known != memo:

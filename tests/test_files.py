@@ -17,10 +17,9 @@ from ruamel.yaml import YAML
 from incrml import batch_files, pipeline
 from incrml.config import Params, load_params
 from incrml.errors import IncrmlError
-from incrml.files import read_json
+from incrml.files import file_md5, read_json
 from incrml.pipeline import MD5_MEMO, snapshot_key, stale_stages
 from incrml.stages import get_data, merge_data, prepare_batch
-from incrml.stages.get_data import file_md5
 from incrml.workspace import Layout
 
 def _partition_rows(root: Path) -> list[int]:

@@ -5,13 +5,12 @@ The holdout is never trained on and is the same for every batch, so batches' met
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from incrml.errors import IncrmlError
-from incrml.files import atomic_write, write_json
+from incrml.files import atomic_write, file_md5, write_json
 from incrml.stages import stage_main
 from incrml.workspace import Layout
 
@@ -137,14 +136,6 @@ def write_parquet(frame: pd.DataFrame, path: Path, row_group_size: int | None = 
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size))
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def get_data(layout: Layout, params: Params) -> dict:

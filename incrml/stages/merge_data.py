@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 from incrml import drift
 from incrml.errors import DriftRefused, IncrmlError
-from incrml.files import atomic_write, read_json, write_json
+from incrml.files import atomic_write, file_md5, read_json, write_json
 from incrml.stages import prepare_batch as prepare_stage
 from incrml.stages import stage_main
-from incrml.stages.get_data import file_md5, write_parquet
+from incrml.stages.get_data import write_parquet
 from incrml.workspace import Layout
 
 if TYPE_CHECKING:

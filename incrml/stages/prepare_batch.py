@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from incrml.errors import IncrmlError
-from incrml.files import read_json, write_json
+from incrml.files import file_md5, read_json, write_json
 from incrml.stages import stage_main
-from incrml.stages.get_data import file_md5, write_parquet
+from incrml.stages.get_data import write_parquet
 from incrml.workspace import Layout
 
 if TYPE_CHECKING:
