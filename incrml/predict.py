@@ -107,6 +107,7 @@ def predict_file(root: Path, params: Params, file: Path, *, model: str = CHAMPIO
     `prediction` column to `out` (atomically) if given. Returns what was done, as plain data;
     the predictions themselves too when there is no `out`."""
     from incrml.files import atomic_write
+    from incrml.stages.evaluate import predict_rows
     from incrml.tracking import load_registered_model
 
     version, alias = parse_model(model)
@@ -118,7 +119,7 @@ def predict_file(root: Path, params: Params, file: Path, *, model: str = CHAMPIO
     if target is not None and PREDICTION in frame.columns:
         raise IncrmlError(f"{file} already has a column '{PREDICTION}'; rename it, or score without --out")
     loaded = load_registered_model(root, params, version=version, alias=alias)
-    predictions = loaded.model.predict(model_input(frame, loaded, str(file)))
+    predictions = predict_rows(loaded.model, model_input(frame, loaded, str(file)))
     if target is not None:
         scored = frame.assign(**{PREDICTION: predictions})
         if target.suffix.lower() == ".csv":

@@ -14,7 +14,7 @@ import pytest
 from incrml.config import DataParams, Params, SyntheticSource, TrainParams
 from incrml.errors import IncrmlError
 from incrml.files import read_json
-from incrml.stages import get_data, merge_data, prepare_batch, preprocess
+from incrml.stages import evaluate, get_data, merge_data, prepare_batch, preprocess
 from incrml.stages.evaluate import score
 from incrml.stages.train import fit
 from incrml.workspace import Layout
@@ -300,6 +300,15 @@ def test_fit_and_score_beat_chance_and_report_exactly_the_requested_metrics() ->
     assert scores["accuracy"] > 0.5
     assert scores["balanced_accuracy"] > 0.5
     assert all(0.0 <= value <= 1.0 for value in scores.values())
+
+
+def test_predicting_in_blocks_of_rows_gives_what_one_call_gives(monkeypatch) -> None:
+    frame = get_data.synthetic_stream(synthetic(rows=300, features=5, classes=3), "target", seed=5)
+    features = [c for c in frame.columns if c != "target"]
+    spec = preprocess.fit_preprocessor([prepare_batch.feature_stats(frame, features)], features, True)
+    model = fit(frame, spec, "target", TrainParams())
+    monkeypatch.setattr(evaluate, "BLOCK_ROWS", 7)  # 43 blocks, the last of 6 rows
+    np.testing.assert_array_equal(evaluate.predict_rows(model, frame, features), model.predict(frame[features]))
 
 
 def _incremental(layout: Layout, batch: int, store: Path):

@@ -20,10 +20,23 @@ if TYPE_CHECKING:
     from incrml.config import Params
 
 
+BLOCK_ROWS = 1 << 16
+
+
+def predict_rows(model, frame: pd.DataFrame, columns: list[str] | None = None):
+    """model.predict over `frame` (its `columns`), a block of rows at a time: the pipeline's
+    copies of the input (selected, scaled, cleaned) are the size of a block, not of the frame.
+    Row for row the same predictions."""
+    import numpy as np
+
+    blocks = [frame.iloc[start : start + BLOCK_ROWS] for start in range(0, len(frame), BLOCK_ROWS)] or [frame]
+    return np.concatenate([model.predict(block if columns is None else block[columns]) for block in blocks])
+
+
 def score(model, holdout: pd.DataFrame, features: list[str], target: str, names: list[str]) -> dict[str, float]:
     from sklearn import metrics as m
 
-    truth, predicted = holdout[target].to_numpy(), model.predict(holdout[features])
+    truth, predicted = holdout[target].to_numpy(), predict_rows(model, holdout, features)
     scorers = {
         "accuracy": lambda: m.accuracy_score(truth, predicted),
         "balanced_accuracy": lambda: m.balanced_accuracy_score(truth, predicted),
