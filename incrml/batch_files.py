@@ -180,8 +180,7 @@ def accept_file(root: Path, path: Path, force: bool = False) -> Accepted:
     into place and tracked by DVC (`dvc add`); if tracking fails it is taken back out.
     """
     from incrml import pipeline
-    from incrml.files import atomic_write
-    from incrml.files import file_md5
+    from incrml.files import atomic_write, file_md5
 
     layout = Layout(root)
     params = load_params(root)
